@@ -1,0 +1,1 @@
+"""Checkpoint readers, validation and the model-directory writer."""

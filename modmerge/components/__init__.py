@@ -1,0 +1,1 @@
+"""Component decomposition: parameter name -> (layer, kind), from architecture data files."""

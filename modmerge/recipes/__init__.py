@@ -1,0 +1,1 @@
+"""Recipes: the typed YAML schema and the streaming executor behind `modmerge merge`."""

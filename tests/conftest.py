@@ -1,0 +1,37 @@
+"""Shared fixtures: tiny models of every built-in architecture, built once per session."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny_models import make_finetuned, make_tiny_model  # noqa: E402
+
+ARCHS = ("bert", "roberta", "gpt2", "vit", "clip_vision", "t5", "llama", "mistral", "qwen2")
+
+
+@pytest.fixture(scope="session")
+def tiny_zoo_factory(tmp_path_factory):
+    """``factory(arch, n_tasks)`` -> (base_dir, [finetuned_dirs]), cached per (arch, n_tasks)."""
+    cache: dict[tuple[str, int], tuple[Path, list[Path]]] = {}
+
+    def factory(arch: str = "bert", n_tasks: int = 3) -> tuple[Path, list[Path]]:
+        key = (arch, n_tasks)
+        if key not in cache:
+            root = tmp_path_factory.mktemp(f"{arch}_{n_tasks}")
+            base = make_tiny_model(arch, root / "base")
+            tasks = [make_finetuned(base, root / f"task{i}", seed=100 + i) for i in range(n_tasks)]
+            cache[key] = (base, tasks)
+        return cache[key]
+
+    return factory
+
+
+@pytest.fixture
+def bert_zoo(tiny_zoo_factory):
+    """A tiny BERT base and three perturbed copies."""
+    return tiny_zoo_factory("bert", 3)
