@@ -1,1 +1,257 @@
-"""Placeholder: being written."""
+"""Generalized task arithmetic: TIES, DARE and Breadcrumbs as settings of one routine.
+
+:func:`generalized_task_arithmetic` computes task vectors ``tau_t = theta_t - theta_pre``,
+sparsifies each (``"magnitude"`` top-k, ``"dare"`` random drop, ``"breadcrumbs"`` outlier+small
+mask, or ``"none"``), combines them (``consensus="none"``: weighted sum; ``"sign"``: TIES sign
+election + disjoint mean) and returns ``theta_pre + lambda * tau_m``. The registered methods
+``ties``, ``dare`` and ``breadcrumbs`` only choose its settings. The steps live in
+:mod:`modmerge.merging.sparsify`.
+
+Example::
+
+    >>> import torch
+    >>> base = torch.zeros(4)
+    >>> models = [torch.tensor([3.0, -0.1, 0.2, 0.0]), torch.tensor([-1.0, 0.1, 0.0, 2.0])]
+    >>> ties(base, models, density=0.5)
+    tensor([3.0000, 0.0000, 0.2000, 2.0000])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated, Literal
+
+import torch
+
+from modmerge.errors import MergeMethodError
+from modmerge.merging.linear import check_inputs, task_arithmetic
+from modmerge.merging.registry import Param, merge_method
+from modmerge.merging.sparsify import (
+    breadcrumbs_mask,
+    dare_drop,
+    disjoint_mean,
+    elect_sign,
+    magnitude_trim,
+)
+
+__all__ = ["breadcrumbs", "dare", "generalized_task_arithmetic", "ties"]
+
+Sparsify = Literal["none", "magnitude", "dare", "breadcrumbs"]
+Consensus = Literal["none", "sign"]
+
+_CONSENSUS_CHOICES = ("none", "ties")
+_CONSENSUS_HELP = "'none': weighted sum of task vectors; 'ties': TIES sign election + disjoint mean"
+
+
+def _is_identity(sparsify: Sparsify, density: float, drop_rate: float, has_thresholds: bool) -> bool:
+    """True when the sparsification cannot change any entry."""
+    if sparsify == "none":
+        return True
+    if sparsify == "magnitude":
+        return density >= 1.0 and not has_thresholds
+    if sparsify == "dare":
+        return drop_rate <= 0.0
+    return density >= 1.0  # breadcrumbs keeping every entry drops no outlier either
+
+
+def generalized_task_arithmetic(
+    base: torch.Tensor,
+    tensors: Sequence[torch.Tensor],
+    *,
+    sparsify: Sparsify,
+    consensus: Consensus,
+    scaling: float,
+    density: float = 1.0,
+    drop_rate: float = 0.0,
+    gamma: float = 0.0,
+    weights: Sequence[float] | None = None,
+    generator: torch.Generator | None = None,
+    thresholds: Sequence[float] | None = None,
+    method: str = "generalized_task_arithmetic",
+) -> torch.Tensor:
+    """``theta_pre + scaling * combine_t(w_t * sparsify(theta_t - theta_pre))`` in float32.
+
+    - ``sparsify``: ``"magnitude"`` keeps the top ``density`` per tensor, or uses the per-model
+      ``thresholds`` when given (model-scope trimming); ``"dare"`` drops with rate
+      ``drop_rate`` and rescales, drawing from ``generator`` model by model; ``"breadcrumbs"``
+      removes the top ``gamma`` and the smallest entries so ``density`` remain; ``"none"``.
+    - ``consensus``: ``"none"`` sums ``w_t * tau_t``; ``"sign"`` elects the sign of
+      ``sum_t w_t tau_t`` and takes the ``w``-weighted mean over agreeing, non-zero entries.
+
+    When the sparsification cannot drop anything and ``consensus="none"``, this is exactly
+    :func:`~modmerge.merging.linear.task_arithmetic` (same code path, bit-identical).
+
+    >>> base = torch.tensor([1.0, 1.0])
+    >>> generalized_task_arithmetic(base, [torch.tensor([2.0, 0.0])], sparsify="none",
+    ...                             consensus="none", scaling=0.5)
+    tensor([1.5000, 0.5000])
+    """
+    w = check_inputs(method, base, tensors, weights)
+    if thresholds is not None and len(thresholds) != len(tensors):
+        raise MergeMethodError(
+            f"method '{method}' input 'thresholds' has {len(thresholds)} values for {len(tensors)} models"
+        )
+    if consensus == "none" and _is_identity(sparsify, density, drop_rate, thresholds is not None):
+        return task_arithmetic(base, tensors, scaling=scaling, weights=weights)
+
+    base32 = base.to(torch.float32)
+    sparse: list[torch.Tensor] = []
+    acc = torch.zeros(base.shape, dtype=torch.float32, device=base.device)
+    for i, tensor in enumerate(tensors):
+        # torch.sub allocates a new tensor, so inputs (possibly read-only mmap views) stay intact.
+        tau = torch.sub(tensor.to(torch.float32), base32)
+        if sparsify == "magnitude":
+            tau = magnitude_trim(tau, density, None if thresholds is None else float(thresholds[i]))
+        elif sparsify == "dare":
+            tau = dare_drop(tau, drop_rate, generator)
+        elif sparsify == "breadcrumbs":
+            tau = breadcrumbs_mask(tau, density, gamma)
+        if consensus == "none":
+            acc.add_(tau, alpha=w[i])
+        else:
+            sparse.append(tau)
+    if consensus == "sign":
+        sign = elect_sign([tau * wt for tau, wt in zip(sparse, w, strict=True)])
+        acc = disjoint_mean(sparse, sign, w)
+    return acc.mul_(scaling).add_(base32)
+
+
+@merge_method(
+    "ties",
+    summary="TIES-Merging: trim small task-vector entries, elect signs, average agreeing entries.",
+    citation=(
+        "Yadav, Tam, Choshen, Raffel, Bansal, 'TIES-Merging: Resolving Interference When Merging "
+        "Models', NeurIPS 2023, arXiv:2306.01708"
+    ),
+    limitations=(
+        "trims per tensor by default (mergekit's convention); the paper trims the top-k over the "
+        "whole model, which the executor reproduces by passing per-model 'thresholds'"
+    ),
+)
+def ties(
+    base: torch.Tensor,
+    tensors: Sequence[torch.Tensor],
+    *,
+    density: Annotated[
+        float,
+        Param(low=0.0, high=1.0, help="fraction of task-vector entries kept (top-k by magnitude)", search=(0.05, 0.5)),
+    ] = 0.2,
+    scaling: Annotated[
+        float,
+        Param(low=0.0, high=4.0, help="lambda applied to the merged task vector", search=(0.8, 1.8)),
+    ] = 1.0,
+    weights: Sequence[float] | None = None,
+    thresholds: Sequence[float] | None = None,
+) -> torch.Tensor:
+    """TIES-Merging (Yadav et al. 2023, arXiv:2306.01708).
+
+    1. trim: ``tau_hat_t = tau_t * [|tau_t| >= k-th largest |tau_t|]``, keeping ``density``
+       (k = 20% by default, as in the paper);
+    2. elect: ``gamma = sign(sum_t w_t tau_hat_t)``;
+    3. disjoint mean: ``tau_m = sum_{t in A} w_t tau_hat_t / sum_{t in A} w_t`` with
+       ``A = {t : tau_hat_t != 0, sign(tau_hat_t) = gamma}``;
+    4. ``theta = theta_pre + lambda * tau_m`` (lambda = 1 by default, the paper's default).
+
+    Trimming is per tensor unless ``thresholds`` (one magnitude per model, e.g. from
+    :func:`~modmerge.merging.sparsify.magnitude_threshold` over the whole model) are given.
+
+    >>> ties(torch.zeros(3), [torch.tensor([1.0, -2.0, 0.5]), torch.tensor([3.0, 1.0, 0.1])],
+    ...      density=1.0)
+    tensor([ 2.0000, -2.0000,  0.3000])
+    """
+    return generalized_task_arithmetic(
+        base, tensors, sparsify="magnitude", consensus="sign", scaling=scaling, density=density,
+        weights=weights, thresholds=thresholds, method="ties",
+    )
+
+
+@merge_method(
+    "dare",
+    summary="DARE: randomly drop task-vector entries and rescale, then sum (or TIES-merge).",
+    citation=(
+        "Yu, Yu, Yu, Huang, Li, 'Language Models are Super Mario: Absorbing Abilities from "
+        "Homologous Models as a Free Lunch', ICML 2024, arXiv:2311.03099"
+    ),
+    randomized=True,
+)
+def dare(
+    base: torch.Tensor,
+    tensors: Sequence[torch.Tensor],
+    *,
+    drop_rate: Annotated[
+        float,
+        Param(low=0.0, high=0.99, help="p, probability of dropping each task-vector entry", search=(0.1, 0.9)),
+    ] = 0.9,
+    consensus: Annotated[str, Param(choices=_CONSENSUS_CHOICES, help=_CONSENSUS_HELP)] = "none",
+    scaling: Annotated[
+        float,
+        Param(low=0.0, high=4.0, help="lambda; about 0.3 for a sum, about 1 for 'ties'", search=(0.1, 1.5)),
+    ] = 0.3,
+    weights: Sequence[float] | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """DARE (Yu et al. 2024, arXiv:2311.03099): drop and rescale, then merge.
+
+    ``tau_hat_t = m_t * tau_t / (1 - p)`` with ``m_t ~ Bernoulli(1 - p)`` per entry (drawn from
+    ``generator``, model by model: the same generator state gives the same merge). Then
+    ``consensus="none"``: ``theta = theta_pre + lambda * sum_t w_t tau_hat_t`` (DARE + task
+    arithmetic); ``"ties"``: TIES sign election and disjoint mean of the ``tau_hat_t``.
+    p = 0.9 is the rate the paper shows to be harmless for most SFT deltas (it goes up to 0.99
+    for large models); lambda defaults to task arithmetic's 0.3 (use about 1.0 with ``"ties"``).
+    With p = 0 and ``"none"`` this equals ``task_arithmetic`` exactly.
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> dare(torch.zeros(2), [torch.ones(2)], drop_rate=0.0, scaling=1.0, generator=g)
+    tensor([1., 1.])
+    """
+    return generalized_task_arithmetic(
+        base, tensors, sparsify="dare", consensus="sign" if consensus == "ties" else "none",
+        scaling=scaling, drop_rate=drop_rate, weights=weights, generator=generator, method="dare",
+    )
+
+
+@merge_method(
+    "breadcrumbs",
+    summary="Model Breadcrumbs: mask task-vector outliers and small entries per tensor, then sum.",
+    citation=(
+        "Davari, Belilovsky, 'Model Breadcrumbs: Scaling Multi-Task Model Merging with Sparse "
+        "Masks', ECCV 2024, arXiv:2312.06795"
+    ),
+)
+def breadcrumbs(
+    base: torch.Tensor,
+    tensors: Sequence[torch.Tensor],
+    *,
+    density: Annotated[
+        float,
+        Param(low=0.0, high=1.0, help="fraction of task-vector entries kept per tensor", search=(0.05, 0.3)),
+    ] = 0.1,
+    gamma: Annotated[
+        float,
+        Param(low=0.0, high=0.5, help="fraction of largest-magnitude entries (outliers) removed", search=(0.0, 0.05)),
+    ] = 0.01,
+    consensus: Annotated[str, Param(choices=_CONSENSUS_CHOICES, help=_CONSENSUS_HELP)] = "none",
+    scaling: Annotated[
+        float,
+        Param(low=0.0, high=4.0, help="lambda; about 0.3 for a sum, about 1 for 'ties'", search=(0.1, 1.5)),
+    ] = 0.3,
+    weights: Sequence[float] | None = None,
+) -> torch.Tensor:
+    """Model Breadcrumbs (Davari & Belilovsky 2024, arXiv:2312.06795).
+
+    Per tensor (the paper masks per layer), the top ``gamma`` fraction of ``|tau_t|`` (outliers)
+    and the smallest entries are masked so that ``density`` remain:
+    ``tau_hat_t = m_t * tau_t``; then ``theta = theta_pre + lambda * sum_t w_t tau_hat_t``
+    (``consensus="none"``) or the TIES sign election + disjoint mean (``"ties"``, like mergekit's
+    ``breadcrumbs_ties``). The paper tunes both fractions on validation data; the defaults
+    (keep 10%, drop the top 1% as outliers) are a starting point, not the paper's numbers.
+    lambda defaults as in task arithmetic.
+
+    >>> base = torch.zeros(4)
+    >>> breadcrumbs(base, [torch.tensor([4.0, 1.0, 2.0, 0.5])], density=0.5, gamma=0.25, scaling=1.0)
+    tensor([0., 1., 2., 0.])
+    """
+    return generalized_task_arithmetic(
+        base, tensors, sparsify="breadcrumbs", consensus="sign" if consensus == "ties" else "none",
+        scaling=scaling, density=density, gamma=gamma, weights=weights, method="breadcrumbs",
+    )

@@ -1,1 +1,160 @@
-"""Placeholder: being written."""
+"""Linear merges: weight averaging (model soups) and task arithmetic.
+
+Both are linear combinations of full weights, computed by :func:`linear_combination`: one float32
+buffer, filled from the first term and accumulated in place (``acc.add_(t, alpha=c)``), with no
+per-model temporaries for float32 inputs. Terms whose coefficient is exactly 0 are skipped and
+coefficients of exactly 1 are not multiplied, so a single model with coefficient 1 is copied bit
+for bit (``-0.0`` included).
+
+This module also holds the input checks shared by every method family (:func:`check_inputs`).
+
+Example::
+
+    >>> import torch
+    >>> from modmerge.merging import get_method
+    >>> get_method("weight_averaging")(torch.zeros(2), [torch.ones(2), torch.full((2,), 3.0)])
+    tensor([2., 2.])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated
+
+import torch
+
+from modmerge.errors import MergeMethodError
+from modmerge.merging.registry import Param, merge_method
+
+__all__ = ["check_inputs", "linear_combination", "task_arithmetic", "weight_averaging"]
+
+
+def check_inputs(
+    method: str,
+    base: torch.Tensor,
+    tensors: Sequence[torch.Tensor],
+    weights: Sequence[float] | None = None,
+) -> list[float]:
+    """Check shapes and weights for ``method``; return the per-model weights (default all 1.0).
+
+    >>> check_inputs("task_arithmetic", torch.zeros(2), [torch.ones(2)] * 2)
+    [1.0, 1.0]
+    """
+    if len(tensors) == 0:
+        raise MergeMethodError(f"method '{method}' needs at least one task-specific tensor, got none")
+    for i, tensor in enumerate(tensors):
+        if tensor.shape != base.shape:
+            raise MergeMethodError(
+                f"method '{method}': tensor of model {i} has shape {tuple(tensor.shape)}, "
+                f"base has {tuple(base.shape)}"
+            )
+    if weights is None:
+        return [1.0] * len(tensors)
+    if len(weights) != len(tensors):
+        raise MergeMethodError(
+            f"method '{method}' input 'weights' has {len(weights)} values for {len(tensors)} models"
+        )
+    return [float(w) for w in weights]
+
+
+def _scaled_copy(tensor: torch.Tensor, coefficient: float) -> torch.Tensor:
+    """A new float32 tensor holding ``coefficient * tensor``, with no multiply when it is 1."""
+    if tensor.dtype == torch.float32:
+        return tensor.clone() if coefficient == 1.0 else torch.mul(tensor, coefficient)
+    # Upcast first: multiplying in bf16/fp16 would round before the float32 accumulation.
+    out = tensor.to(torch.float32)
+    return out if coefficient == 1.0 else out.mul_(coefficient)
+
+
+def linear_combination(tensors: Sequence[torch.Tensor], coefficients: Sequence[float]) -> torch.Tensor:
+    """``sum_i c_i * tensors[i]`` in a fresh float32 buffer, skipping terms with ``c_i == 0``.
+
+    If every coefficient is 0 the result is zeros.
+
+    >>> linear_combination([torch.tensor([1.0, 2.0]), torch.tensor([4.0, 4.0])], [0.5, 0.25])
+    tensor([1.5000, 2.0000])
+    """
+    terms = [(t, float(c)) for t, c in zip(tensors, coefficients, strict=True) if float(c) != 0.0]
+    if not terms:
+        return torch.zeros(tensors[0].shape, dtype=torch.float32, device=tensors[0].device)
+    first, c0 = terms[0]
+    acc = _scaled_copy(first, c0)
+    for tensor, c in terms[1:]:
+        acc.add_(tensor, alpha=c)
+    return acc
+
+
+@merge_method(
+    "weight_averaging",
+    aliases=("linear",),
+    summary="Weighted average of the fine-tuned weights (model soup).",
+    citation=(
+        "Wortsman et al., 'Model soups: averaging weights of multiple fine-tuned models improves "
+        "accuracy without increasing inference time', ICML 2022, arXiv:2203.05482"
+    ),
+)
+def weight_averaging(
+    base: torch.Tensor,
+    tensors: Sequence[torch.Tensor],
+    *,
+    weights: Sequence[float] | None = None,
+) -> torch.Tensor:
+    """Model soup (Wortsman et al. 2022, arXiv:2203.05482): ``sum_t w_t theta_t / sum_t w_t``.
+
+    ``weights`` default to uniform (the paper's uniform soup). ``base`` is not used. The weighted
+    sum is accumulated first and divided once, so averaging two identical models is exact.
+
+    >>> weight_averaging(torch.zeros(3), [torch.tensor([1.0, 2.0, 3.0]), torch.tensor([3.0, 4.0, 5.0])],
+    ...                  weights=[1.0, 3.0])
+    tensor([2.5000, 3.5000, 4.5000])
+    """
+    w = check_inputs("weight_averaging", base, tensors, weights)
+    total = sum(w)
+    if total == 0.0:
+        raise MergeMethodError("method 'weight_averaging' input 'weights' sums to 0; cannot average")
+    acc = linear_combination(tensors, w)
+    return acc if total == 1.0 else acc.div_(total)
+
+
+@merge_method(
+    "task_arithmetic",
+    summary="Pretrained weights plus the scaled sum of task vectors.",
+    citation=(
+        "Ilharco et al., 'Editing models with task arithmetic', ICLR 2023, arXiv:2212.04089"
+    ),
+)
+def task_arithmetic(
+    base: torch.Tensor,
+    tensors: Sequence[torch.Tensor],
+    *,
+    scaling: Annotated[
+        float,
+        Param(
+            low=-2.0,
+            high=4.0,
+            help="lambda, the scale of the summed task vectors (paper picks it on validation data)",
+            search=(0.1, 1.0),
+        ),
+    ] = 0.3,
+    weights: Sequence[float] | None = None,
+) -> torch.Tensor:
+    """Task arithmetic (Ilharco et al. 2023, arXiv:2212.04089).
+
+    ``theta = theta_pre + lambda * sum_t w_t (theta_t - theta_pre)``, computed as the equivalent
+    combination of full weights ``lambda * sum_t w_t theta_t + (1 - lambda * sum_t w_t) theta_pre``
+    (see :func:`linear_combination`): no task-vector temporaries, and one model with
+    ``scaling=1`` reproduces that model bit for bit. ``w_t`` default to 1.
+
+    The paper has no fixed default: it selects lambda in [0, 1] on held-out validation data.
+    The default 0.3 sits in the 0.3-0.5 range later merging papers and toolkits use when
+    merging several tasks without validation data; the search samples [0.1, 1.0].
+    Negative lambda subtracts a task ("forgetting via negation" in the paper).
+
+    >>> base = torch.tensor([0.0, 1.0, 2.0])
+    >>> task_arithmetic(base, [torch.tensor([1.0, 1.0, 4.0]), torch.tensor([0.0, 3.0, 2.0])], scaling=0.5)
+    tensor([0.5000, 2.0000, 3.0000])
+    """
+    w = check_inputs("task_arithmetic", base, tensors, weights)
+    coefficients = [scaling * wt for wt in w]
+    base_coefficient = 1.0 - sum(coefficients)
+    return linear_combination([*tensors, base], [*coefficients, base_coefficient])

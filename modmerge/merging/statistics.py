@@ -1,0 +1,382 @@
+"""Statistics for the data-dependent merge methods: diagonal Fisher and RegMean Gram matrices.
+
+Both are ``parameter name -> tensor`` dictionaries (a :class:`Statistics`, which also carries
+string metadata). The executor hands a merge method, for each tensor, one statistics tensor per
+model: the Fisher diagonal for ``fisher`` (``needs=("fisher",)``), the layer-input Gram matrix for
+``regmean`` (``needs=("gram",)``), keyed by the layer's weight name.
+
+Computing them needs a model and data, so they live at the edge: :func:`compute_fisher` and
+:func:`compute_gram` run a model over batches; :func:`save_statistics` / :func:`load_statistics`
+read and write one safetensors file (a recipe's ``statistics:`` field points at one per model);
+:class:`StatisticsCache` memoises files by (kind, model id, data id) in a directory you pass in.
+
+Example::
+
+    >>> import torch
+    >>> layer = torch.nn.Sequential(torch.nn.Linear(2, 1))
+    >>> grams = compute_gram(layer, [{"input": torch.eye(2)}])
+    >>> grams["0.weight"]
+    tensor([[1., 0.],
+            [0., 1.]])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from modmerge.errors import CheckpointError, MergeMethodError
+
+KINDS = ("fisher", "gram")
+LossFn = Callable[[torch.nn.Module, Mapping[str, torch.Tensor]], torch.Tensor]
+ModuleFilter = Callable[[str, torch.nn.Module], bool]
+
+
+class Statistics(dict[str, torch.Tensor]):
+    """Parameter name -> statistics tensor, plus string ``metadata`` (kind, counts, ids).
+
+    A plain ``dict(stats)`` copy drops the metadata; use ``Statistics(stats, stats.metadata)``.
+    """
+
+    def __init__(
+        self, tensors: Mapping[str, torch.Tensor] | None = None, metadata: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(tensors or {})
+        self.metadata: dict[str, str] = dict(metadata or {})
+
+
+# ---------------------------------------------------------------------------------------------
+# Fisher
+
+
+def _batch_size(batch: Mapping[str, torch.Tensor]) -> int:
+    for value in batch.values():
+        if isinstance(value, torch.Tensor) and value.ndim > 0:
+            return int(value.shape[0])
+    raise MergeMethodError(f"statistics: batch with keys {sorted(batch)} holds no batched tensor")
+
+
+def _examples(batch: Mapping[str, torch.Tensor]) -> Iterable[dict[str, torch.Tensor]]:
+    """Split a batch into batches of one (tensors whose first dim is the batch size are sliced)."""
+    size = _batch_size(batch)
+    for i in range(size):
+        yield {
+            k: v[i : i + 1] if isinstance(v, torch.Tensor) and v.ndim > 0 and v.shape[0] == size else v
+            for k, v in batch.items()
+        }
+
+
+def _is_causal_lm(model: torch.nn.Module) -> bool:
+    """Decoder-only generative models predict token i+1 from position i, so labels are shifted."""
+    config = getattr(model, "config", None)
+    can_generate = getattr(model, "can_generate", None)
+    return bool(callable(can_generate) and can_generate() and not getattr(config, "is_encoder_decoder", False))
+
+
+def log_likelihood(
+    model: torch.nn.Module,
+    example: Mapping[str, torch.Tensor],
+    *,
+    empirical: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Log-likelihood of one example's label under ``model`` (the default Fisher loss).
+
+    The model is called with every batch entry except ``labels`` and must return logits (a
+    tensor or an output with ``.logits``): (1, classes) for classification, (1, length, vocab)
+    for token-level tasks, where positions labelled -100 (or masked out by ``attention_mask``
+    when there are no labels) are skipped and causal LMs are shifted by one. ``empirical``
+    scores the given label; otherwise a label sampled from the model's own prediction.
+
+    >>> model = torch.nn.Linear(2, 3)
+    >>> log_likelihood(model, {"input": torch.ones(1, 2), "labels": torch.tensor([0])}).shape
+    torch.Size([])
+    """
+    labels = example.get("labels")
+    out = model(**{k: v for k, v in example.items() if k != "labels"})
+    logits = out if isinstance(out, torch.Tensor) else getattr(out, "logits", None)
+    if not isinstance(logits, torch.Tensor) or logits.ndim not in (2, 3):
+        raise MergeMethodError(
+            "statistics: the default Fisher loss needs (batch, classes) or (batch, length, vocab) logits; pass loss_fn"
+        )
+    if empirical and (labels is None or labels.is_floating_point()):
+        raise MergeMethodError("statistics: the empirical Fisher needs integer 'labels' in each batch; pass loss_fn")
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    # Which positions count: -100 labels are ignored; without labels, the attention mask decides.
+    valid = labels != -100 if labels is not None else None
+    if valid is None and logits.ndim == 3:
+        valid = example.get("attention_mask")
+    if logits.ndim == 3 and _is_causal_lm(model):
+        log_probs = log_probs[:, :-1]
+        labels = labels[:, 1:] if labels is not None else None
+        valid = valid[:, 1:] if valid is not None else None
+    shape = log_probs.shape[:-1]
+    valid = torch.ones(shape, dtype=torch.bool, device=log_probs.device) if valid is None else valid.reshape(shape).bool()
+    if labels is not None and empirical:
+        target = labels.reshape(shape).clamp_min(0)
+    else:
+        with torch.no_grad():
+            probs = log_probs.exp().reshape(-1, log_probs.shape[-1])
+            target = torch.multinomial(probs, 1, generator=generator).reshape(shape)
+    picked = log_probs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    return (picked * valid.to(picked.dtype)).sum()
+
+
+def compute_fisher(
+    model: torch.nn.Module,
+    batches: Iterable[Mapping[str, torch.Tensor]],
+    *,
+    loss_fn: LossFn | None = None,
+    n_batches: int | None = None,
+    empirical: bool = True,
+    generator: torch.Generator | None = None,
+) -> Statistics:
+    """Diagonal Fisher: the mean over examples of the squared gradient of the log-likelihood.
+
+    Each batch is split into examples and each example gets its own backward pass (the Fisher
+    is a mean of per-example squared gradients, not the square of a batch gradient), so the
+    cost is one forward and backward per example. ``loss_fn(model, example)`` returns a scalar
+    whose gradient is the score (the log-likelihood or its negative); by default
+    :func:`log_likelihood` with ``empirical`` (true label) or a label sampled from the model.
+    Keys are ``model.named_parameters()`` names of trainable parameters; a parameter the loss
+    does not reach gets zeros. The model runs in eval mode (no dropout) and is restored after.
+
+    >>> model = torch.nn.Linear(2, 3)
+    >>> batch = {"input": torch.randn(4, 2), "labels": torch.tensor([0, 1, 2, 0])}
+    >>> fisher = compute_fisher(model, [batch])
+    >>> sorted(fisher), fisher.metadata["n_examples"]
+    (['bias', 'weight'], '4')
+    """
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    totals = {name: torch.zeros(p.shape, dtype=torch.float64) for name, p in params.items()}
+    score = loss_fn or (lambda m, ex: log_likelihood(m, ex, empirical=empirical, generator=generator))
+    count = 0
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in islice(batches, n_batches):
+            for example in _examples(batch):
+                value = score(model, example)
+                grads = torch.autograd.grad(value, list(params.values()), allow_unused=True)
+                for name, grad in zip(params, grads, strict=True):
+                    if grad is not None:
+                        totals[name] += grad.detach().to(torch.float64).cpu() ** 2
+                count += 1
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise MergeMethodError("statistics: compute_fisher got no examples")
+    fisher = {name: (t / count).to(torch.float32) for name, t in totals.items()}
+    return Statistics(fisher, {"kind": "fisher", "n_examples": str(count), "empirical": str(empirical).lower()})
+
+
+# ---------------------------------------------------------------------------------------------
+# RegMean Gram matrices
+
+
+def _input_dim(module: torch.nn.Module, conv1d_type: type) -> tuple[int, bool]:
+    """(input features, is Conv1D) for a Linear or transformers Conv1D module; (-1, False) otherwise."""
+    if isinstance(module, conv1d_type):
+        return int(module.weight.shape[0]), True
+    if isinstance(module, torch.nn.Linear):
+        return int(module.in_features), False
+    return -1, False
+
+
+def compute_gram(
+    model: torch.nn.Module,
+    batches: Iterable[Mapping[str, torch.Tensor]],
+    *,
+    modules: ModuleFilter | None = None,
+    n_batches: int | None = None,
+    average: bool = False,
+) -> Statistics:
+    """Input Gram matrices ``X^T X`` of every ``nn.Linear`` and transformers ``Conv1D`` layer.
+
+    The model is called as ``model(**batch)``; forward hooks collect each layer's inputs with
+    leading dimensions flattened into rows. When the batch has an ``attention_mask`` and a
+    layer's input has the mask's leading shape (batch, length), padded positions are left out;
+    inputs of another shape (a pooler, a classifier on the first token) use every row. Keys are
+    the layers' weight names (``"encoder.layer.0.attention.self.query.weight"``); ``modules``
+    narrows the layers. ``average`` divides each sum by its row count (some reference code
+    does; RegMean's formula uses sums, so models with more data then weigh more).
+    Metadata: ``counts`` (JSON: weight name -> rows), ``conv1d`` (JSON list of Conv1D weights,
+    stored in x out: regmean needs ``layout=conv1d`` for them when square), ``n_examples``.
+
+    >>> model = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    >>> compute_gram(model, [{"input": torch.ones(4, 3)}])["0.weight"][0]
+    tensor([4., 4., 4.])
+    """
+    grams: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    conv1d: list[str] = []
+    current: dict[str, torch.Tensor | None] = {"mask": None}
+    handles = []
+
+    def hook_for(key: str, size: int) -> Callable[[torch.nn.Module, tuple[Any, ...], Any], None]:
+        def hook(_module: torch.nn.Module, inputs: tuple[Any, ...], _output: Any) -> None:
+            x = inputs[0].detach()
+            mask = current["mask"]
+            rows = x[mask.bool()] if mask is not None and x.shape[:-1] == mask.shape else x.reshape(-1, size)
+            rows = rows.to(torch.float64).cpu()
+            grams[key] += rows.T @ rows
+            counts[key] += int(rows.shape[0])
+
+        return hook
+
+    from transformers.pytorch_utils import Conv1D  # slow to import, so only when needed
+
+    for name, module in model.named_modules():
+        size, is_conv1d = _input_dim(module, Conv1D)
+        if size < 0 or (modules is not None and not modules(name, module)):
+            continue
+        key = f"{name}.weight" if name else "weight"
+        grams[key] = torch.zeros(size, size, dtype=torch.float64)
+        counts[key] = 0
+        if is_conv1d:
+            conv1d.append(key)
+        handles.append(module.register_forward_hook(hook_for(key, size)))
+    n_examples = 0
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in islice(batches, n_batches):
+                current["mask"] = batch.get("attention_mask")
+                model(**batch)
+                n_examples += _batch_size(batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    out = {
+        key: (g / max(counts[key], 1) if average else g).to(torch.float32) for key, g in grams.items()
+    }
+    metadata = {
+        "kind": "gram",
+        "n_examples": str(n_examples),
+        "counts": json.dumps(counts, sort_keys=True),
+        "conv1d": json.dumps(conv1d),
+        "average": str(average).lower(),
+    }
+    return Statistics(out, metadata)
+
+
+# ---------------------------------------------------------------------------------------------
+# Files and cache
+
+
+def strip_prefix(stats: Mapping[str, torch.Tensor], prefix: str) -> Statistics:
+    """Drop ``prefix`` from keys that start with it (``"bert."`` of a task model); others stay.
+
+    >>> sorted(strip_prefix({"bert.pooler.dense.weight": torch.ones(1), "classifier.weight": torch.ones(1)}, "bert."))
+    ['classifier.weight', 'pooler.dense.weight']
+    """
+    out = {(k[len(prefix) :] if prefix and k.startswith(prefix) else k): v for k, v in stats.items()}
+    if len(out) != len(stats):
+        raise MergeMethodError(f"statistics: stripping prefix '{prefix}' makes two keys collide")
+    return Statistics(out, getattr(stats, "metadata", None))
+
+
+def save_statistics(path: str | Path, stats: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> Path:
+    """Write ``stats`` to a safetensors file atomically (temporary file, then ``os.replace``).
+
+    ``metadata`` (string values) defaults to ``stats.metadata`` for a :class:`Statistics`.
+
+    >>> import tempfile
+    >>> p = save_statistics(Path(tempfile.mkdtemp()) / "f.safetensors", {"w": torch.ones(2)}, {"kind": "fisher"})
+    >>> load_statistics(p)[1]["kind"]
+    'fisher'
+    """
+    path = Path(path)
+    meta = dict(getattr(stats, "metadata", {}) if metadata is None else metadata)
+    bad = [k for k, v in meta.items() if not isinstance(v, str)]
+    if bad:
+        raise MergeMethodError(f"statistics: metadata values must be strings, not for {bad}")
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in stats.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_statistics(path: str | Path) -> tuple[Statistics, dict[str, str]]:
+    """Read a statistics file: (tensors as a :class:`Statistics`, its metadata).
+
+    Raises :class:`CheckpointError` naming the file when it is missing or unreadable and naming
+    the tensor when it holds NaN or Inf.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"statistics file {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"statistics file {path} cannot be read: {err}") from err
+    for key, value in tensors.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"statistics file {path}: tensor '{key}' holds NaN or Inf")
+    return Statistics(tensors, metadata), metadata
+
+
+class StatisticsCache:
+    """Statistics files in one directory, keyed by (kind, model id, data id).
+
+    ``model_id`` and ``data_id`` are strings you choose to identify the model (a path plus a
+    revision) and the data (dataset, split, number of examples); the file is
+    ``<dir>/<kind>-<sha256(model_id|data_id)[:16]>.safetensors``.
+
+    >>> import tempfile
+    >>> cache = StatisticsCache(tempfile.mkdtemp())
+    >>> stats = cache.get_or_compute("fisher", "m", "d", lambda: {"w": torch.ones(1)})
+    >>> cache.get_or_compute("fisher", "m", "d", lambda: {})["w"]
+    tensor([1.])
+    """
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+
+    def path_for(self, kind: str, model_id: str, data_id: str) -> Path:
+        if kind not in KINDS:
+            raise MergeMethodError(f"statistics: unknown kind '{kind}' (known: {', '.join(KINDS)})")
+        digest = hashlib.sha256(f"{model_id}|{data_id}".encode()).hexdigest()[:16]
+        return self.directory / f"{kind}-{digest}.safetensors"
+
+    def get_or_compute(
+        self, kind: str, model_id: str, data_id: str, compute_fn: Callable[[], Mapping[str, torch.Tensor]]
+    ) -> Statistics:
+        """Load the cached file, or call ``compute_fn()`` once, save its result and return it."""
+        path = self.path_for(kind, model_id, data_id)
+        if path.is_file():
+            stats, metadata = load_statistics(path)
+            expected = {"kind": kind, "model_id": model_id, "data_id": data_id}
+            found = {k: metadata.get(k) for k in expected}
+            if found != expected:
+                raise CheckpointError(f"statistics cache file {path} holds {found}, expected {expected}")
+            return stats
+        computed = compute_fn()
+        metadata = dict(getattr(computed, "metadata", {}))
+        if metadata.get("kind", kind) != kind:
+            raise MergeMethodError(f"statistics: compute_fn for kind '{kind}' returned '{metadata['kind']}' statistics")
+        metadata.update(kind=kind, model_id=model_id, data_id=data_id)
+        metadata.setdefault("n_examples", "unknown")
+        save_statistics(path, computed, metadata)
+        return Statistics(computed, metadata)
