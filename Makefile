@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.modmerge-installed
 
-.PHONY: venv test test-fast demo lint bench-merge clean
+.PHONY: venv test test-fast demo lint bench-deps bench-merge clean
 
 venv: $(STAMP)
 
@@ -28,7 +28,15 @@ lint: venv
 demo: venv
 	$(PY) -m modmerge.demo
 
-bench-merge: venv
+# mergekit lives in its own environment (its pins differ from ours); torch pinned first, as above.
+MERGEKIT_VENV := .venv-mergekit
+bench-deps: $(MERGEKIT_VENV)/bin/mergekit-yaml
+$(MERGEKIT_VENV)/bin/mergekit-yaml:
+	$(PYTHON) -m venv $(MERGEKIT_VENV)
+	$(MERGEKIT_VENV)/bin/pip install -q torch==2.13.0
+	$(MERGEKIT_VENV)/bin/pip install -q mergekit==0.1.5
+
+bench-merge: venv bench-deps
 	$(PY) benchmarks/merge_speed.py
 
 clean:

@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny_models import make_finetuned, make_tiny_model  # noqa: E402
+from tiny_models import make_finetuned, make_tiny_model
 
 ARCHS = ("bert", "roberta", "gpt2", "vit", "clip_vision", "t5", "llama", "mistral", "qwen2")
 

@@ -12,9 +12,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import torch  # noqa: E402
-import transformers  # noqa: E402
-from safetensors.torch import load_file, save_file  # noqa: E402
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
 
 _SMALL = {"hidden_size": 16, "num_attention_heads": 2, "intermediate_size": 32}
 

@@ -6,6 +6,13 @@ generalized task arithmetic), ``pcb``, ``fisher``, ``regmean``.
 """
 
 from modmerge.merging import fisher, generalized, linear, pcb, regmean  # noqa: F401  (registers)
-from modmerge.merging.registry import REGISTRY, MergeMethod, Param, ParamSpec, get_method, merge_method
+from modmerge.merging.registry import (
+    REGISTRY,
+    MergeMethod,
+    Param,
+    ParamSpec,
+    get_method,
+    merge_method,
+)
 
 __all__ = ["REGISTRY", "MergeMethod", "Param", "ParamSpec", "get_method", "merge_method"]

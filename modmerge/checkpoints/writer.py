@@ -1,0 +1,211 @@
+"""Write a loadable model directory atomically, streaming tensors into (sharded) safetensors.
+
+Everything goes into a hidden temporary sibling first and is renamed into place only when
+complete, so a failed merge never leaves a half-written model where a good one was.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from modmerge.checkpoints.resolve import SAFETENSORS_INDEX
+from modmerge.checkpoints.safetensors_io import StreamingSafetensorsWriter
+from modmerge.checkpoints.source import TensorInfo
+from modmerge.errors import CheckpointError
+
+logger = logging.getLogger(__name__)
+
+# Files that make a model directory usable beyond its weights (tokenizer, processor, generation).
+COPY_PATTERNS = (
+    "tokenizer*.json",
+    "tokenizer*.model",
+    "vocab*",
+    "merges.txt",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "*.model",
+    "*.tiktoken",
+    "spiece.model",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "image_processor*.json",
+    "feature_extractor*.json",
+    "video_preprocessor_config.json",
+    "generation_config.json",
+    "chat_template.json",
+    "chat_template.jinja",
+)
+_WEIGHT_SUFFIXES = (
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".ckpt",
+    ".h5",
+    ".msgpack",
+    ".gguf",
+    ".onnx",
+)
+
+
+def plan_shards(specs: Mapping[str, TensorInfo], max_shard_bytes: int) -> list[list[str]]:
+    """Group tensor names, in order, into shards of at most ``max_shard_bytes`` (a larger tensor
+    gets a shard of its own).
+
+    Example::
+
+        >>> s = {n: TensorInfo((4,), torch.float32) for n in "abc"}
+        >>> plan_shards(s, 32)
+        [['a', 'b'], ['c']]
+    """
+    shards: list[list[str]] = [[]]
+    size = 0
+    for name, info in specs.items():
+        if shards[-1] and size + info.nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += info.nbytes
+    return shards
+
+
+def write_model_directory(
+    out_dir: Path,
+    tensors: Iterable[tuple[str, torch.Tensor]],
+    specs: Mapping[str, TensorInfo],
+    *,
+    config: dict[str, Any] | None = None,
+    copy_files_from: Path | None = None,
+    metadata: Mapping[str, str] | None = None,
+    max_shard_bytes: int = 4 * 2**30,
+    overwrite: bool = False,
+    progress: Callable[[str, int], None] | None = None,
+) -> Path:
+    """Stream ``tensors`` (matching ``specs``, in any order) into a new HF model directory.
+
+    Writes ``model.safetensors`` (or shards plus ``model.safetensors.index.json``), ``config.json``
+    when ``config`` is given, and the tokenizer/processor/generation files of ``copy_files_from``.
+    An existing non-empty ``out_dir`` is an error unless ``overwrite``; it is then swapped out
+    only once the new directory is complete. If consuming ``tensors`` raises, nothing changes on
+    disk and the exception propagates. ``progress(name, nbytes)`` is called per tensor.
+
+    Example::
+
+        >>> sd = {"w": torch.ones(2, 2)}
+        >>> specs = {k: TensorInfo(tuple(v.shape), v.dtype) for k, v in sd.items()}
+        >>> write_model_directory(Path("/tmp/merged"), sd.items(), specs, overwrite=True)  # doctest: +SKIP
+        PosixPath('/tmp/merged')
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CheckpointError(f"{out_dir}: exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise CheckpointError(f"{out_dir}: directory exists and is not empty (use overwrite)")
+    if max_shard_bytes <= 0:
+        raise CheckpointError(f"{out_dir}: max_shard_bytes must be positive, got {max_shard_bytes}")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        _write_weights(out_dir, tmp, tensors, specs, metadata or {}, max_shard_bytes, progress)
+        if config is not None:
+            (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        if copy_files_from is not None:
+            _copy_support_files(Path(copy_files_from), tmp)
+        _move_into_place(tmp, out_dir)
+    except BaseException:
+        _remove_tree(tmp)
+        raise
+    return out_dir
+
+
+def _write_weights(
+    out_dir: Path,
+    tmp: Path,
+    tensors: Iterable[tuple[str, torch.Tensor]],
+    specs: Mapping[str, TensorInfo],
+    metadata: Mapping[str, str],
+    max_shard_bytes: int,
+    progress: Callable[[str, int], None] | None,
+) -> None:
+    shards = plan_shards(specs, max_shard_bytes)
+    n = len(shards)
+    names = (
+        ["model.safetensors"]
+        if n == 1
+        else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    )
+    writers: list[StreamingSafetensorsWriter] = []
+    try:
+        for file_name, shard in zip(names, shards, strict=True):
+            writers.append(
+                StreamingSafetensorsWriter(tmp / file_name, {k: specs[k] for k in shard}, metadata)
+            )
+        route = {key: w for w, shard in zip(writers, shards, strict=True) for key in shard}
+        for key, tensor in tensors:
+            if key not in route:
+                raise CheckpointError(f"{out_dir}: tensor '{key}' is not in the declared specs")
+            route[key].write(key, tensor)
+            if progress is not None:
+                progress(key, specs[key].nbytes)
+        for w in writers:
+            w.close()
+    except BaseException:
+        for w in writers:
+            w.abort()
+        raise
+    if n > 1:
+        index = {
+            "metadata": {**metadata, "total_size": sum(info.nbytes for info in specs.values())},
+            "weight_map": {key: names[i] for i, shard in enumerate(shards) for key in shard},
+        }
+        (tmp / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
+
+
+def _copy_support_files(src: Path, dst: Path) -> None:
+    if not src.is_dir():
+        raise CheckpointError(f"{src}: copy_files_from is not a directory")
+    for item in sorted(src.iterdir()):
+        if (
+            not item.is_file()
+            or item.suffix in _WEIGHT_SUFFIXES
+            or item.name.endswith(".index.json")
+        ):
+            continue
+        if any(fnmatch.fnmatch(item.name, pattern) for pattern in COPY_PATTERNS):
+            shutil.copy2(item, dst / item.name)
+
+
+def _move_into_place(tmp: Path, out_dir: Path) -> None:
+    if not out_dir.exists():
+        os.rename(tmp, out_dir)
+        return
+    if not any(out_dir.iterdir()):
+        out_dir.rmdir()
+        os.rename(tmp, out_dir)
+        return
+    aside = out_dir.parent / f".{out_dir.name}.old-{secrets.token_hex(4)}"
+    os.rename(out_dir, aside)
+    try:
+        os.rename(tmp, out_dir)
+    except BaseException:
+        os.rename(aside, out_dir)  # put the previous model back before reporting the failure
+        raise
+    _remove_tree(aside)
+
+
+def _remove_tree(path: Path) -> None:
+    # Cleanup runs while another error propagates; a leftover temp dir is reported, not raised.
+    shutil.rmtree(path, ignore_errors=True)
+    if path.exists():
+        logger.warning("could not fully remove temporary directory %s", path)
