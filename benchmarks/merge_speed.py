@@ -73,6 +73,7 @@ def build_llama_set(name: str) -> tuple[Path, list[Path]]:
         num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64, tie_word_embeddings=False,
     )
     cfg.dtype = str(dtype).removeprefix("torch.")
+    cfg.architectures = ["LlamaForCausalLM"]
     with torch.device("meta"):
         shapes = {k: v.shape for k, v in transformers.LlamaForCausalLM(cfg).state_dict().items()}
     gen = torch.Generator().manual_seed(0)
@@ -117,15 +118,22 @@ def build_minilm_set(tasks: int = 8) -> tuple[Path, list[Path]]:
 
 
 def measure(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, int, str]:
-    """Wall seconds, peak RSS (GB) of the child process tree, exit code and stderr tail."""
+    """Wall seconds, peak RSS (GB) of the child, exit code and stderr tail.
+
+    Peak RSS comes from GNU time, which forks the child from its own small process: a child
+    forked from this (large) process would report this process's high-water mark instead.
+    """
     start = time.perf_counter()
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - start
-        err.seek(0)
-        tail = err.read().decode(errors="replace")[-400:]
-    return wall, usage.ru_maxrss / 2**20, os.waitstatus_to_exitcode(status), tail
+    with tempfile.TemporaryDirectory() as tmp:
+        rss_file = Path(tmp) / "rss"
+        with (Path(tmp) / "err").open("w+b") as err:
+            code = subprocess.call(["/usr/bin/time", "-f", "%M", "-o", str(rss_file), *cmd],
+                                   stdout=subprocess.DEVNULL, stderr=err, env=env)
+            wall = time.perf_counter() - start
+            err.seek(0)
+            tail = err.read().decode(errors="replace")[-400:]
+        rss_kb = int(rss_file.read_text().strip().splitlines()[-1])
+    return wall, rss_kb / 2**20, code, tail
 
 
 def run_modmerge(method: str, base: Path, tasks: list[Path], work: Path) -> Run:

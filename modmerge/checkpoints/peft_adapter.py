@@ -136,6 +136,11 @@ class AdapterSource:
             out = self._apply(key, out, patch)
         return out.to(info.dtype)
 
+    def release(self, key: str) -> None:
+        release = getattr(self._base, "release", None)
+        if release is not None and key in self._base_keys:
+            release(key)
+
     def close(self) -> None:
         self._adapter.close()
         if self._owns_base:

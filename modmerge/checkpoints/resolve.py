@@ -53,6 +53,11 @@ class ShardedSource:
     def get(self, key: str) -> torch.Tensor:
         return self._source(key).get(key)
 
+    def release(self, key: str) -> None:
+        release = getattr(self._source(key), "release", None)
+        if release is not None:
+            release(key)
+
     def close(self) -> None:
         for src in self._shards.values():
             src.close()

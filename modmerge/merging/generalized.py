@@ -27,10 +27,10 @@ from modmerge.errors import MergeMethodError
 from modmerge.merging.linear import check_inputs, task_arithmetic
 from modmerge.merging.registry import Param, merge_method
 from modmerge.merging.sparsify import (
+    SignConsensus,
     breadcrumbs_mask,
     dare_drop,
-    disjoint_mean,
-    elect_sign,
+    magnitude_threshold,
     magnitude_trim,
 )
 
@@ -94,8 +94,10 @@ def generalized_task_arithmetic(
     if consensus == "none" and _is_identity(sparsify, density, drop_rate, thresholds is not None):
         return task_arithmetic(base, tensors, scaling=scaling, weights=weights)
 
+    if sparsify == "magnitude" and consensus == "sign":
+        return _blocked_ties(base, tensors, w, density, thresholds, scaling)
     base32 = base.to(torch.float32)
-    sparse: list[torch.Tensor] = []
+    consensus_sum = SignConsensus(base.shape, base.device) if consensus == "sign" else None
     acc = torch.zeros(base.shape, dtype=torch.float32, device=base.device)
     for i, tensor in enumerate(tensors):
         # torch.sub allocates a new tensor, so inputs (possibly read-only mmap views) stay intact.
@@ -106,14 +108,50 @@ def generalized_task_arithmetic(
             tau = dare_drop(tau, drop_rate, generator)
         elif sparsify == "breadcrumbs":
             tau = breadcrumbs_mask(tau, density, gamma)
-        if consensus == "none":
+        if consensus_sum is None:
             acc.add_(tau, alpha=w[i])
         else:
-            sparse.append(tau)
-    if consensus == "sign":
-        sign = elect_sign([tau * wt for tau, wt in zip(sparse, w, strict=True)])
-        acc = disjoint_mean(sparse, sign, w)
+            consensus_sum.add(tau, w[i])
+    if consensus_sum is not None:
+        acc = consensus_sum.result()
     return acc.mul_(scaling).add_(base32)
+
+
+_BLOCK = 1 << 17
+
+
+def _blocked_ties(
+    base: torch.Tensor,
+    tensors: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    density: float,
+    thresholds: Sequence[float] | None,
+    scaling: float,
+) -> torch.Tensor:
+    """TIES in two passes: per-model trim thresholds, then trim + consensus block by block.
+
+    Same result as trimming whole task vectors and calling :class:`SignConsensus` on them, but
+    the temporaries are one block long: peak memory is the output plus O(block), and the
+    elementwise work runs in cache.
+    """
+    flat_base = base.reshape(-1).to(torch.float32)
+    flats = [t.reshape(-1) for t in tensors]
+    if thresholds is None:
+        if density >= 1.0:
+            thresholds = [0.0] * len(flats)
+        else:
+            thresholds = [magnitude_threshold(torch.sub(f, flat_base).abs_(), density) for f in flats]
+    out = torch.empty_like(flat_base)
+    for start in range(0, flat_base.numel(), _BLOCK):
+        block = slice(start, start + _BLOCK)
+        consensus = SignConsensus(flat_base[block].shape, base.device)
+        for flat, weight, threshold in zip(flats, weights, thresholds, strict=True):
+            tau = torch.sub(flat[block], flat_base[block])
+            if threshold > 0.0:
+                tau.masked_fill_(tau.abs() < threshold, 0.0)
+            consensus.add(tau, weight)
+        torch.add(flat_base[block], consensus.result(), alpha=scaling, out=out[block])
+    return out.view(base.shape)
 
 
 @merge_method(

@@ -34,6 +34,7 @@ from modmerge.components.decompose import Rule as ComponentRule
 from modmerge.errors import RecipeError
 from modmerge.merging.statistics import load_statistics
 from modmerge.recipes.plan import MethodCall, plan_tensors
+from modmerge.recipes.prefetch import prefetch
 from modmerge.recipes.schema import MergeRecipe
 
 ProgressFn = Callable[[str, int], None]
@@ -70,7 +71,11 @@ def tensor_seed(seed: int, key: str) -> int:
 def component_map_for(recipe: MergeRecipe, base: Checkpoint) -> ComponentMap:
     """Decompose the base model's parameter names with the recipe's architecture and rules."""
     keys = base.keys()
-    arch = load_architecture(recipe.architecture) if recipe.architecture else detect_architecture(base.config, keys)
+    arch = (
+        load_architecture(recipe.architecture)
+        if recipe.architecture
+        else detect_architecture(base.config, keys)
+    )
     rules = [ComponentRule(pattern=r.pattern, kind=r.kind, stack=r.stack) for r in recipe.rules]
     return decompose(keys, arch, extra_rules=rules)
 
@@ -107,23 +112,35 @@ def merged_tensors(
             if weights is not None and "weights" in method.accepts:
                 kwargs["weights"] = list(weights)
             if method.randomized:
-                kwargs["generator"] = torch.Generator(device=device).manual_seed(tensor_seed(seed, key))
+                kwargs["generator"] = torch.Generator(device=device).manual_seed(
+                    tensor_seed(seed, key)
+                )
             if method.needs and statistics is not None:
                 per_model = [s.get(key) for s in statistics]
-                kwargs["stats"] = None if any(s is None for s in per_model) else [s.to(device) for s in per_model]
+                kwargs["stats"] = (
+                    None if any(s is None for s in per_model) else [s.to(device) for s in per_model]
+                )
             if device.type != "cpu":
                 b, ts = b.to(device), [t.to(device) for t in ts]
             merged = method(b, ts, **kwargs).to("cpu")
-        yield key, merged.to(out_dtype or base.info(key).dtype).contiguous()
+        out = merged.to(out_dtype or base.info(key).dtype).contiguous()
+        del b, ts, merged
+        yield key, out
+        for checkpoint in (base, *models):
+            checkpoint.release(key)
 
 
-def _load_statistics(recipe: MergeRecipe, plan: Mapping[str, MethodCall]) -> list[dict[str, torch.Tensor]] | None:
+def _load_statistics(
+    recipe: MergeRecipe, plan: Mapping[str, MethodCall]
+) -> list[dict[str, torch.Tensor]] | None:
     needing = sorted({c.method for c in plan.values() if c.merge_method.needs})
     if not needing:
         return None
     missing = [m.model for m in recipe.models if m.statistics is None]
     if missing:
-        raise RecipeError(f"method {needing[0]} needs statistics: set models[].statistics for {missing[0]}")
+        raise RecipeError(
+            f"method {needing[0]} needs statistics: set models[].statistics for {missing[0]}"
+        )
     return [load_statistics(m.statistics)[0] for m in recipe.models]  # type: ignore[arg-type]
 
 
@@ -148,26 +165,31 @@ def run_recipe(
     with ExitStack() as stack:
         base = stack.enter_context(open_checkpoint(recipe.base_model, allow_pickle=allow_pickle))
         models = [
-            stack.enter_context(open_checkpoint(m.model, allow_pickle=allow_pickle, base=base)) for m in recipe.models
+            stack.enter_context(open_checkpoint(m.model, allow_pickle=allow_pickle, base=base))
+            for m in recipe.models
         ]
         validate_checkpoints(base, models)
         plan = plan_tensors(recipe, base.keys(), component_map_for(recipe, base))
         statistics = _load_statistics(recipe, plan)
         out_dtype = _DTYPES.get(recipe.dtype)
-        specs = {k: TensorInfo(base.info(k).shape, out_dtype or base.info(k).dtype) for k in base.keys()}
+        specs = {
+            k: TensorInfo(base.info(k).shape, out_dtype or base.info(k).dtype) for k in base.keys()
+        }
         if on_total is not None:
             on_total(len(specs))
         weights = [m.weight for m in recipe.models]
-        stream = merged_tensors(
-            base,
-            models,
-            plan,
-            weights=None if all(w == 1.0 for w in weights) else weights,
-            statistics=statistics,
-            seed=recipe.seed,
-            out_dtype=out_dtype,
-            device=device,
-            result=result,
+        stream = prefetch(
+            merged_tensors(
+                base,
+                models,
+                plan,
+                weights=None if all(w == 1.0 for w in weights) else weights,
+                statistics=statistics,
+                seed=recipe.seed,
+                out_dtype=out_dtype,
+                device=device,
+                result=result,
+            )
         )
         source = base if recipe.tokenizer_source == "base" else models[recipe.tokenizer_source]
         config = _output_config(base, models, recipe.dtype)
@@ -176,7 +198,8 @@ def run_recipe(
             stream,
             specs,
             config=config,
-            copy_files_from=source.directory or next((m.directory for m in models if m.directory), None),
+            copy_files_from=source.directory
+            or next((m.directory for m in models if m.directory), None),
             metadata={"modmerge_recipe": json.dumps(recipe.model_dump(mode="json"))},
             max_shard_bytes=recipe.max_shard_size,
             overwrite=overwrite,
