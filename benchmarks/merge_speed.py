@@ -96,7 +96,7 @@ def build_minilm_set(tasks: int = 8) -> tuple[Path, list[Path]]:
     """Real MiniLM-L6 weights plus perturbed copies standing in for fine-tunes."""
     from modmerge.zoo.assets import AssetStore
 
-    src = AssetStore().minilm_l6()
+    src = AssetStore.default().minilm_l6()
     root = cache_root() / f"minilm-t{tasks}"
     dirs = [root / "base"] + [root / f"task{i}" for i in range(tasks)]
     if (root / "DONE").exists():

@@ -11,6 +11,7 @@ Example::
     >>> validate_checkpoints(base, tuned)  # doctest: +SKIP
 """
 
+from modmerge.checkpoints.memory import MemorySource, in_memory
 from modmerge.checkpoints.peft_adapter import AdapterSource, open_adapter
 from modmerge.checkpoints.pickle_io import PickleSource
 from modmerge.checkpoints.resolve import ShardedSource, open_checkpoint
@@ -27,6 +28,7 @@ from modmerge.checkpoints.writer import plan_shards, write_model_directory
 __all__ = [
     "AdapterSource",
     "Checkpoint",
+    "MemorySource",
     "PickleSource",
     "SafetensorsFile",
     "SafetensorsHeader",
@@ -35,6 +37,7 @@ __all__ = [
     "TensorInfo",
     "TensorSource",
     "check_finite",
+    "in_memory",
     "open_adapter",
     "open_checkpoint",
     "plan_shards",

@@ -178,6 +178,14 @@ def ties(
         float,
         Param(low=0.0, high=4.0, help="lambda applied to the merged task vector", search=(0.8, 1.8)),
     ] = 1.0,
+    scope: Annotated[
+        str,
+        Param(
+            choices=("tensor", "model"),
+            help="trim the top-k per tensor (mergekit's way), or over every tensor merged together "
+            "(the paper's whole-model trim; a recipe's executor computes the thresholds)",
+        ),
+    ] = "tensor",
     weights: Sequence[float] | None = None,
     thresholds: Sequence[float] | None = None,
 ) -> torch.Tensor:
@@ -197,6 +205,11 @@ def ties(
     ...      density=1.0)
     tensor([ 2.0000, -2.0000,  0.3000])
     """
+    if scope == "model" and thresholds is None:
+        raise MergeMethodError(
+            "method 'ties' with scope 'model' needs per-model 'thresholds' over the whole model: "
+            "merge through a recipe (the executor computes them) or pass thresholds="
+        )
     return generalized_task_arithmetic(
         base, tensors, sparsify="magnitude", consensus="sign", scaling=scaling, density=density,
         weights=weights, thresholds=thresholds, method="ties",

@@ -19,7 +19,7 @@ Example::
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
@@ -67,29 +67,32 @@ def magnitude_threshold(values_abs: torch.Tensor, density: float) -> float:
     if k == n:
         return 0.0
     flat = values_abs.detach().reshape(-1).float()
-    if n > _EXACT_SELECT_BELOW:
-        found = _bracketed_kth_largest(flat, k)
-        if found is not None:
-            return found
-    # kthvalue counts from the smallest: the k-th largest is the (n - k + 1)-th smallest.
-    return float(torch.kthvalue(flat, n - k + 1).values)
+    if n <= _EXACT_SELECT_BELOW:
+        # kthvalue counts from the smallest: the k-th largest is the (n - k + 1)-th smallest.
+        return float(torch.kthvalue(flat, n - k + 1).values)
+    return kth_largest(lambda: (flat,), k, n)
 
 
 _EXACT_SELECT_BELOW = 1 << 18
 _SAMPLE_SIZE = 1 << 14
 
 
-def _bracketed_kth_largest(flat: torch.Tensor, k: int) -> float | None:
-    """The exact k-th largest of ``flat``, found without sorting all of it.
+def kth_largest(chunks: Callable[[], Iterable[torch.Tensor]], k: int, n: int) -> float:
+    """The exact k-th largest of ``n`` values that ``chunks()`` yields as 1-D float tensors.
 
-    A strided sample brackets the answer between two sample quantiles; one counting pass finds
-    how many values lie above the bracket, and an exact ``kthvalue`` runs on the few values
-    inside it. The sample only decides speed, never the result: when the bracket misses the
-    k-th value the function returns None and the caller sorts everything. This is what makes
-    TIES trimming of large tensors several times faster than a full ``kthvalue``.
+    ``chunks`` is called twice (or three times in the rare fallback), so the values never need
+    to sit in memory together: this is how TIES' whole-model trim runs over a model tensor by
+    tensor. A strided sample brackets the answer between two sample quantiles; a second pass
+    counts the values above the bracket and keeps the few inside it, where an exact
+    ``kthvalue`` finds the answer. The sample decides only speed, never the result: when the
+    bracket misses, everything is concatenated and sorted. On one large tensor this is several
+    times faster than ``torch.kthvalue``.
+
+    >>> kth_largest(lambda: (torch.tensor([3.0, 1.0]), torch.tensor([2.0, 5.0])), k=2, n=4)
+    3.0
     """
-    n = flat.numel()
-    sample = flat[:: max(1, n // _SAMPLE_SIZE)].sort().values
+    stride = max(1, n // _SAMPLE_SIZE)
+    sample = torch.cat([c[::stride] for c in chunks()]).sort().values
     s = sample.numel()
     q = k / n
     margin = 4.0 * math.sqrt(q * (1.0 - q) / s) + 2.0 / s
@@ -97,14 +100,16 @@ def _bracketed_kth_largest(flat: torch.Tensor, k: int) -> float | None:
     hi_pos = math.ceil((1.0 - q + margin) * (s - 1))
     lo = float(sample[lo_pos]) if lo_pos > 0 else -math.inf
     hi = float(sample[hi_pos]) if hi_pos < s - 1 else math.inf
-    above = int(torch.count_nonzero(flat > hi)) if hi < math.inf else 0
-    if above >= k:
-        return None
-    inside = flat[(flat >= lo) & (flat <= hi)]
+    above, inside = 0, []
+    for c in chunks():
+        if hi < math.inf:
+            above += int(torch.count_nonzero(c > hi))
+        inside.append(c[(c >= lo) & (c <= hi)])
+    candidates = torch.cat(inside)
     rank = k - above  # the answer is the rank-th largest value inside the bracket
-    if rank > inside.numel():
-        return None
-    return float(torch.kthvalue(inside, inside.numel() - rank + 1).values)
+    if above >= k or rank > candidates.numel():
+        candidates, rank = torch.cat(list(chunks())), k
+    return float(torch.kthvalue(candidates, candidates.numel() - rank + 1).values)
 
 
 def magnitude_trim(tau: torch.Tensor, density: float, threshold: float | None = None) -> torch.Tensor:

@@ -11,6 +11,7 @@ views), and the output is streamed into safetensors shards, so peak memory stays
 from __future__ import annotations
 
 import json
+import math
 import time
 import zlib
 from collections import Counter
@@ -32,6 +33,7 @@ from modmerge.checkpoints import (
 from modmerge.components import ComponentMap, decompose, detect_architecture, load_architecture
 from modmerge.components.decompose import Rule as ComponentRule
 from modmerge.errors import RecipeError
+from modmerge.merging.sparsify import kept_count, kth_largest
 from modmerge.merging.statistics import load_statistics
 from modmerge.recipes.plan import MethodCall, plan_tensors
 from modmerge.recipes.prefetch import prefetch
@@ -91,6 +93,7 @@ def merged_tensors(
     out_dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
     result: MergeResult | None = None,
+    thresholds: Mapping[MethodCall, Sequence[float]] | None = None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(name, merged tensor)`` in the base's key order; values are checked for NaN/Inf."""
     device = torch.device(device)
@@ -111,6 +114,8 @@ def merged_tensors(
             kwargs = call.kwargs
             if weights is not None and "weights" in method.accepts:
                 kwargs["weights"] = list(weights)
+            if thresholds is not None and call in thresholds:
+                kwargs["thresholds"] = list(thresholds[call])
             if method.randomized:
                 kwargs["generator"] = torch.Generator(device=device).manual_seed(
                     tensor_seed(seed, key)
@@ -128,6 +133,35 @@ def merged_tensors(
         yield key, out
         for checkpoint in (base, *models):
             checkpoint.release(key)
+
+
+def model_scope_thresholds(
+    base: Checkpoint, models: Sequence[Checkpoint], plan: Mapping[str, MethodCall]
+) -> dict[MethodCall, list[float]]:
+    """Per-model trim thresholds for calls with ``scope: model`` (TIES' whole-model top-k).
+
+    For each such call, the k-th largest ``|theta_t - theta_pre|`` over every tensor the call
+    merges, found exactly in two streaming passes (:func:`kth_largest`), one model at a time.
+    """
+    groups: dict[MethodCall, list[str]] = {}
+    for key, call in plan.items():
+        if call.kwargs.get("scope") == "model" and base.info(key).dtype.is_floating_point:
+            groups.setdefault(call, []).append(key)
+    found: dict[MethodCall, list[float]] = {}
+    for call, keys in groups.items():
+        n = sum(base.info(k).numel for k in keys)
+        k = kept_count(float(call.kwargs["density"]), n)
+        found[call] = []
+        for model in models:
+
+            def magnitudes(model: Checkpoint = model, keys: list[str] = keys) -> Iterator[torch.Tensor]:
+                for key in keys:
+                    yield torch.sub(model.get(key).float(), base.get(key).float()).abs_().reshape(-1)
+                    model.release(key)
+                    base.release(key)
+
+            found[call].append(math.inf if k == 0 else 0.0 if k == n else kth_largest(magnitudes, k, n))
+    return found
 
 
 def _load_statistics(
@@ -171,6 +205,7 @@ def run_recipe(
         validate_checkpoints(base, models)
         plan = plan_tensors(recipe, base.keys(), component_map_for(recipe, base))
         statistics = _load_statistics(recipe, plan)
+        thresholds = model_scope_thresholds(base, models, plan)
         out_dtype = _DTYPES.get(recipe.dtype)
         specs = {
             k: TensorInfo(base.info(k).shape, out_dtype or base.info(k).dtype) for k in base.keys()
@@ -189,6 +224,7 @@ def run_recipe(
                 out_dtype=out_dtype,
                 device=device,
                 result=result,
+                thresholds=thresholds,
             )
         )
         source = base if recipe.tokenizer_source == "base" else models[recipe.tokenizer_source]

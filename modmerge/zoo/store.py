@@ -1,0 +1,114 @@
+"""Where zoos live and how a built zoo is opened.
+
+>>> zoo = ZooStore.default().load("vision")  # doctest: +SKIP
+>>> body = zoo.task_body("mnist")  # a lazy Checkpoint  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from modmerge.checkpoints import Checkpoint, open_checkpoint
+from modmerge.components import ComponentMap, decompose, load_architecture
+from modmerge.errors import ModmergeError
+from modmerge.zoo.manifest import TaskEntry, ZooManifest
+
+
+class ZooError(ModmergeError):
+    """A zoo is unknown, not built, or damaged."""
+
+
+def default_cache_root(environ: Mapping[str, str] | None = None) -> Path:
+    """``$MODMERGE_CACHE`` if set, else the user's cache directory for modmerge."""
+    env = os.environ if environ is None else environ
+    if env.get("MODMERGE_CACHE"):
+        return Path(env["MODMERGE_CACHE"])
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("modmerge"))
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Zoo:
+    """A built zoo: its manifest and directory, with lazy access to bodies, heads and data."""
+
+    root: Path
+    manifest: ZooManifest
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def tasks(self) -> list[str]:
+        return self.manifest.task_names
+
+    def entry(self, task: str) -> TaskEntry:
+        try:
+            return self.manifest.task(task)
+        except KeyError:
+            raise ZooError(f"zoo '{self.name}' has no task '{task}' (tasks: {', '.join(self.tasks)})") from None
+
+    def backbone(self) -> Checkpoint:
+        """The pretrained body (lazy, per tensor)."""
+        return open_checkpoint(self.root / self.manifest.backbone.path)
+
+    def task_body(self, task: str) -> Checkpoint:
+        """The task's fine-tuned body (lazy, per tensor; same keys as the backbone)."""
+        return open_checkpoint(self.root / self.entry(task).body)
+
+    def task_head(self, task: str) -> dict[str, torch.Tensor]:
+        return load_file(self.root / self.entry(task).head)
+
+    def task_data(self, task: str) -> dict:
+        """The cached splits: ``{"train"|"validation"|"test": {"inputs": ..., "labels": ...}}``."""
+        return torch.load(self.root / self.entry(task).data, weights_only=True)
+
+    def component_map(self) -> ComponentMap:
+        """The body's parameter names decomposed with the backbone's architecture."""
+        with self.backbone() as bb:
+            return decompose(bb.keys(), load_architecture(self.manifest.backbone.architecture))
+
+
+class ZooStore:
+    """Zoos under ``root/zoos/<name>``; explicit, so tests and users can point it anywhere."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    @classmethod
+    def default(cls) -> ZooStore:
+        return cls(default_cache_root())
+
+    def zoo_dir(self, name: str) -> Path:
+        return self.root / "zoos" / name
+
+    def built(self) -> list[str]:
+        base = self.root / "zoos"
+        return sorted(p.name for p in base.iterdir() if (p / "manifest.json").exists()) if base.exists() else []
+
+    def load(self, name: str) -> Zoo:
+        path = self.zoo_dir(name) / "manifest.json"
+        if not path.exists():
+            raise ZooError(f"zoo '{name}' is not built under {self.root} (run: modmerge zoo build {name})")
+        try:
+            manifest = ZooManifest.model_validate(json.loads(path.read_text()))
+        except (ValueError, OSError) as err:
+            raise ZooError(f"{path}: unreadable zoo manifest ({str(err).splitlines()[0]})") from None
+        return Zoo(root=path.parent, manifest=manifest)
