@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
@@ -19,6 +19,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 from modmerge.errors import ModmergeError
+
+if TYPE_CHECKING:
+    from modmerge.search.state import GenerationRecord
+    from modmerge.zoo.store import ZooStore
 
 F = TypeVar("F", bound=Callable[..., Any])
 err_console = Console(stderr=True)
@@ -137,6 +141,150 @@ def methods(name: str | None) -> None:
         click.echo(f"error: {err}", err=True)
         sys.exit(2)
     click.echo("\n\n".join(m.help_text() for m in chosen))
+
+
+@main.group()
+def zoo() -> None:
+    """Benchmark zoos: a pretrained backbone, T fine-tuned task models, fixed splits."""
+
+
+def _store(cache: Path | None) -> ZooStore:
+    from modmerge.zoo.store import ZooStore
+
+    return ZooStore(cache) if cache else ZooStore.default()
+
+
+_CACHE_OPTION = click.option(
+    "--cache", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Cache directory (default: $MODMERGE_CACHE or the user cache dir).",
+)
+
+
+@zoo.command("build")
+@click.argument("name")
+@_CACHE_OPTION
+@click.option("--seed", default=0, show_default=True, help="Seed for splits, initialisation and training.")
+@_friendly
+def zoo_build(name: str, cache: Path | None, seed: int) -> None:
+    """Build zoo NAME (resumable: tasks already built are skipped)."""
+    from modmerge.zoo.registry import build_zoo
+
+    store = _store(cache)
+    with _task_progress() as bar:
+        built = build_zoo(name, store, seed=seed, progress=bar)
+    rows = [(t.name, t.metrics.get("individual_test"), t.metrics.get("pretrained_test")) for t in built.manifest.tasks]
+    table = Table(title=f"zoo '{name}' at {built.root} (built in {built.manifest.build_seconds:.0f} s)")
+    for col in ("task", "individual (test)", "pretrained + head (test)"):
+        table.add_column(col)
+    for task, ind, pre in rows:
+        table.add_row(task, f"{ind:.3f}" if ind is not None else "-", f"{pre:.3f}" if pre is not None else "-")
+    Console().print(table)
+    if built.manifest.backbone.self_pretrained:
+        click.echo(f"note: the backbone ({built.manifest.backbone.name}) was pretrained inside this project.")
+
+
+@zoo.command("list")
+@_CACHE_OPTION
+@_friendly
+def zoo_list(cache: Path | None) -> None:
+    """List the zoos modmerge can build and which are built."""
+    from modmerge.zoo.registry import list_zoos
+
+    table = Table(title="zoos")
+    rows = list_zoos(_store(cache))
+    for col in rows[0].keys() if rows else ("name",):
+        table.add_column(str(col))
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    Console().print(table)
+
+
+@main.command()
+@click.argument("zoo_name", metavar="ZOO")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@_CACHE_OPTION
+@click.option("--methods", default=None, help="Comma-separated subset of table rows, e.g. 'Individual,TIES'.")
+@click.option("--val-limit", default=200, show_default=True, help="Validation examples per task for tuning.")
+@click.option("--test-limit", default=None, type=int, help="Test examples per task (default: all).")
+@click.option("--points", default=None, type=int, help="Grid points per tuned parameter (default: per method).")
+@click.option("--seed", default=0, show_default=True)
+@_friendly
+def baselines(
+    zoo_name: str, out_dir: Path, cache: Path | None, methods: str | None, val_limit: int,
+    test_limit: int | None, points: int | None, seed: int,
+) -> None:
+    """Evaluate every static-merging baseline on ZOO; write baselines.json and baselines.md."""
+    from modmerge.errors import ModmergeError as _Err
+    from modmerge.zoo.baselines import BASELINES, markdown_table, report_json, run_baselines
+
+    zoo_obj = _store(cache).load(zoo_name)
+    chosen = BASELINES
+    if methods:
+        wanted = [m.strip() for m in methods.split(",")]
+        unknown = [m for m in wanted if m not in {b.name for b in BASELINES}]
+        if unknown:
+            raise _Err(f"--methods: unknown row {unknown[0]!r} (rows: {', '.join(b.name for b in BASELINES)})")
+        chosen = tuple(b for b in BASELINES if b.name in wanted)
+    results = run_baselines(
+        zoo_obj, baselines=chosen, val_limit=val_limit, test_limit=test_limit, points=points, seed=seed,
+        on_row=lambda r: err_console.print(f"{r.name}: test mean {100 * r.test_mean:.1f} ({r.seconds:.0f} s) {r.parameters}"),
+    )
+    report = report_json(zoo_obj, results, val_limit=val_limit, test_limit=test_limit)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "baselines.json").write_text(json.dumps(report, indent=2))
+    table = markdown_table(report)
+    (out_dir / "baselines.md").write_text(table)
+    click.echo(table)
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@_CACHE_OPTION
+@click.option("--resume", is_flag=True, help="Continue the runs saved in --out (state.json per run).")
+@click.option("--runs", type=int, default=None, help="Independent seeded runs (mean and std reported).")
+@click.option("--budget", type=int, default=None, help="Real evaluations per run (paper: 300).")
+@click.option("--population", type=int, default=None, help="Population size (paper: 20).")
+@click.option("--seed", type=int, default=None)
+@click.option("--no-surrogate", is_flag=True, help="Ablation: evaluate NSGA-II offspring without the RF surrogate.")
+@click.option("--init", type=click.Choice(["kmeans", "random"]), default=None, help="Initial population.")
+@click.option("--granularity", type=click.Choice(["model", "layer", "component"]), default=None)
+@_friendly
+def search(
+    recipe: Path, out_dir: Path, cache: Path | None, resume: bool, runs: int | None, budget: int | None,
+    population: int | None, seed: int | None, no_surrogate: bool, init: str | None, granularity: str | None,
+) -> None:
+    """MERGE offline optimisation: search the Pareto set of (storage cost, performance) on a zoo."""
+    from modmerge.search.driver import load_search_recipe, run_search_recipe
+
+    overrides = {"runs": runs, "budget": budget, "population": population, "seed": seed, "init": init,
+                 "granularity": granularity, "surrogate": False if no_surrogate else None}
+    parsed = load_search_recipe(recipe, overrides)
+    store = _store(cache)
+    store.load(parsed.zoo)  # a missing zoo is an error before any work
+    with _task_progress() as bar:
+        task = bar.add_task("search", total=parsed.budget * parsed.runs)
+
+        def show(run: int, rec: GenerationRecord) -> None:
+            bar.update(
+                task, completed=run * parsed.budget + rec.evaluations,
+                description=(f"run {run} gen {rec.generation}: evals {rec.evaluations}/{parsed.budget} "
+                             f"HV {rec.hypervolume:.4f} best P {rec.best_performance:.4f} least C {rec.least_storage:.3f}"),
+            )
+
+        payload = run_search_recipe(parsed, out_dir, store=store, resume=resume, callback=show)
+    click.echo((out_dir / "summary.md").read_text())
+    click.echo(f"wrote {out_dir}/pareto.json, history.json, summary.md, pareto.png ({len(payload['runs'])} run(s))")
+
+
+def _task_progress() -> Progress:
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=err_console,
+    )
 
 
 def _progress() -> Progress:

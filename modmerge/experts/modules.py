@@ -1,0 +1,122 @@
+"""Modular experts, eq. (4): theta_hat_l^n = Q(F(theta_pre^l, Theta_l^n)).
+
+A module is one unit (a component at the chosen granularity) merged over one group of tasks:
+groups of two or more are merged with the static method F through the same executor as
+``modmerge merge``; a singleton keeps its task's own tensors. Then the conditional compression Q
+is applied tensor by tensor. A :class:`ModuleKey` names a module by value, so equal modules are
+built once and shared by every configuration and expert chain that uses them.
+
+>>> builder = ExpertBuilder(pretrained, task_states, units, MethodCall.build("ties", {}), QuantConfig())  # doctest: +SKIP
+>>> module = builder.module(ModuleKey(unit="layer0.attn", members=(0, 2)))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from modmerge.checkpoints import in_memory
+from modmerge.quantization import CompressedTensor, QuantConfig, compress
+from modmerge.recipes.execute import merged_tensors, model_scope_thresholds
+from modmerge.recipes.plan import MethodCall
+
+State = Mapping[str, torch.Tensor]
+
+
+@dataclass(frozen=True, order=True)
+class ModuleKey:
+    """A module by value: which unit, which tasks' components were merged into it."""
+
+    unit: str
+    members: tuple[int, ...]
+
+    @property
+    def id(self) -> str:
+        return f"{self.unit}@{'+'.join(map(str, self.members))}"
+
+
+@dataclass
+class Module:
+    """One modular expert: its compressed tensors and their storage accounting."""
+
+    key: ModuleKey
+    tensors: dict[str, CompressedTensor]
+
+    def dequantized(self) -> dict[str, torch.Tensor]:
+        return {k: t.dequantize() for k, t in self.tensors.items()}
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors.values())
+
+
+class ExpertBuilder:
+    """Builds and caches modules for one zoo, one method F and one quantisation setting.
+
+    Costs (unit bits) are kept for every module ever built (they are tiny); dequantised
+    tensors are kept in an LRU cache bounded by ``cache_bytes``, because a search asks for the
+    same modules again and again.
+    """
+
+    def __init__(
+        self,
+        pretrained: State,
+        tasks: Sequence[State],
+        units: Mapping[str, Sequence[str]],
+        call: MethodCall,
+        quant: QuantConfig,
+        *,
+        statistics: Sequence[State] | None = None,
+        seed: int = 0,
+        cache_bytes: int = 2 * 2**30,
+    ) -> None:
+        self.pretrained, self.tasks, self.units = pretrained, list(tasks), {u: list(k) for u, k in units.items()}
+        self.call, self.quant, self.statistics, self.seed = call, quant, statistics, seed
+        self.cache_bytes = cache_bytes
+        self._dense: OrderedDict[ModuleKey, dict[str, torch.Tensor]] = OrderedDict()
+        self._dense_bytes = 0
+        self._modules: dict[ModuleKey, Module] = {}
+        self.builds = 0
+
+    def module(self, key: ModuleKey) -> Module:
+        """The compressed module (built once; kept, since compressed modules are small)."""
+        if key not in self._modules:
+            self._modules[key] = self._build(key)
+            self.builds += 1
+        return self._modules[key]
+
+    def dense(self, key: ModuleKey) -> dict[str, torch.Tensor]:
+        """The module's dequantised tensors, as a body consumes them (LRU-cached)."""
+        if key in self._dense:
+            self._dense.move_to_end(key)
+            return self._dense[key]
+        tensors = self.module(key).dequantized()
+        self._dense[key] = tensors
+        self._dense_bytes += sum(t.nbytes for t in tensors.values())
+        while self._dense_bytes > self.cache_bytes and len(self._dense) > 1:
+            _, dropped = self._dense.popitem(last=False)
+            self._dense_bytes -= sum(t.nbytes for t in dropped.values())
+        return tensors
+
+    def _merged(self, key: ModuleKey) -> dict[str, torch.Tensor]:
+        keys = self.units[key.unit]
+        if len(key.members) == 1:
+            own = self.tasks[key.members[0]]
+            return {k: own[k].float() for k in keys}
+        base = in_memory({k: self.pretrained[k] for k in keys}, label="pretrained")
+        models = [in_memory({k: self.tasks[i][k] for k in keys}, label=f"task{i}") for i in key.members]
+        plan = dict.fromkeys(keys, self.call)
+        stats = None if self.statistics is None else [self.statistics[i] for i in key.members]
+        thresholds = model_scope_thresholds(base, models, plan)
+        return dict(merged_tensors(base, models, plan, statistics=stats, seed=self.seed, thresholds=thresholds,
+                                   out_dtype=torch.float32))
+
+    def _build(self, key: ModuleKey) -> Module:
+        merged = self._merged(key)
+        compressed = {
+            k: compress(v, [self.tasks[i][k].float() for i in key.members], config=self.quant) for k, v in merged.items()
+        }
+        return Module(key=key, tensors=compressed)

@@ -1,0 +1,93 @@
+"""Reports of a MERGE search: the Table I-style summary and the Fig. 3-style Pareto plot.
+
+>>> summary_markdown(json.loads(Path("run/pareto.json").read_text()), baseline_rows)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _mean_std(values: Sequence[float], digits: int = 1) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
+
+
+def summary_markdown(payload: dict[str, Any], baseline_rows: Sequence[dict[str, Any]]) -> str:
+    """G1/G2/G3 (mean ± std over runs) against the baselines: storage cost C and test P (x100)."""
+    tasks = payload["tasks"]
+    backbone = payload["backbone"]
+    recipe = payload["recipe"]
+    lines = [
+        f"# MERGE-{recipe['method']} on the `{payload['zoo']}` zoo",
+        "",
+        f"Backbone: {backbone['name']}"
+        + (" — **pretrained inside this project**, not a public checkpoint." if backbone["self_pretrained"] else "."),
+        f"Search: budget {recipe['budget']}, population {recipe['population']}, granularity {recipe['granularity']}, "
+        f"{len(payload['runs'])} run(s), quantisation {recipe['quantization']}. "
+        "C = eq. (8) over the mergeable body (task heads apart); P = test metric x100.",
+        "",
+        "| Method | C | " + " | ".join(tasks) + " | Mean |",
+        "|---|---|" + "---|" * len(tasks) + "---|",
+    ]
+    for row in baseline_rows:
+        cells = " | ".join(f"{100 * row['test'][t]:.1f}" for t in tasks)
+        lines.append(f"| {row['name']} | {row['storage_cost']:.2f} | {cells} | {100 * row['test_mean']:.1f} |")
+    for name in ("G1", "G2", "G3"):
+        picked = [r["representatives"][name] for r in payload["runs"] if r["representatives"][name] is not None]
+        label = f"MERGE-{recipe['method']} ({name})"
+        if not picked:
+            lines.append(f"| {label} | - | " + " | ".join("-" for _ in tasks) + " | none qualified |")
+            continue
+        cost = _mean_std([p["storage_cost"] for p in picked], digits=4)
+        cells = " | ".join(_mean_std([100 * p["test"]["per_task"][t] for p in picked]) for t in tasks)
+        lines.append(f"| {label} | {cost} | {cells} | {_mean_std([100 * p['test']['mean'] for p in picked])} |")
+    lines += [
+        "",
+        "G1: least storage whose validation P beats the base method on the whole model; "
+        "G2: least storage beating the best baseline's validation P; G3: highest validation P.",
+    ]
+    costs = [r["evaluation_cost"] for r in payload["runs"]]
+    runs = sum(c["task_runs"] for c in costs)
+    naive = sum(c["task_runs_naive"] for c in costs)
+    lines.append(
+        f"Evaluation cost: {sum(c['real_evaluations'] for c in costs)} real evaluations (the budget, plus one "
+        "off-budget evaluation of F on the whole model per run when no baselines file is given), "
+        f"{runs} task runs "
+        f"against {naive} for a naive evaluator ({100 * (1 - runs / max(naive, 1)):.0f}% saved by the chain cache); "
+        f"{sum(c['modules_built'] for c in costs)} modules built against {sum(c['modules_naive'] for c in costs)}."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def plot_front(payload: dict[str, Any], baseline_rows: Sequence[dict[str, Any]], path: Path) -> None:
+    """Pareto fronts (test P against C) of every run, with the baselines as points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, run in enumerate(payload["runs"]):
+        sols = sorted(run["solutions"], key=lambda s: s["storage_cost"])
+        ax.step(
+            [s["storage_cost"] for s in sols], [100 * s["test"]["mean"] for s in sols], where="post",
+            marker="o", markersize=3, label=f"MERGE-{payload['recipe']['method']} run {i}",
+        )
+    for row in baseline_rows:
+        ax.scatter(row["storage_cost"], 100 * row["test_mean"], marker="x")
+        ax.annotate(row["name"], (row["storage_cost"], 100 * row["test_mean"]), fontsize=7)
+    ax.set_xlabel("normalised storage cost C (eq. 8)")
+    ax.set_ylabel("test performance P (x100)")
+    ax.set_title(f"{payload['zoo']} zoo")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
