@@ -35,3 +35,12 @@ def tiny_zoo_factory(tmp_path_factory):
 def bert_zoo(tiny_zoo_factory):
     """A tiny BERT base and three perturbed copies."""
     return tiny_zoo_factory("bert", 3)
+
+
+@pytest.fixture(scope="session")
+def tiny_zoo(tmp_path_factory):
+    """The synthetic ``tiny`` zoo (4 text tasks on a 2-layer BERT), built once per session (~6 s)."""
+    from modmerge.zoo.store import ZooStore
+    from modmerge.zoo.tiny import build_tiny
+
+    return build_tiny(ZooStore(tmp_path_factory.mktemp("zoo_store")), seed=0)

@@ -71,9 +71,10 @@ class ZooMergeProblem:
         limit: int | None = 200,
         seed: int = 0,
         cache_bytes: int = 2 * 2**30,
+        device: str = "cpu",
     ) -> None:
         self.zoo, self.call, self.quant = zoo, call, quant
-        self.pool = TaskPool(zoo, split=split, limit=limit)
+        self.pool = TaskPool(zoo, split=split, limit=limit, device=device)
         cmap = zoo.component_map()
         self.units = cmap.units(granularity, exclude_kinds=("head",))  # type: ignore[arg-type]
         self.unit_ids = list(self.units)

@@ -66,7 +66,10 @@ class SearchRecipe(BaseModel):
     init: Literal["kmeans", "random"] = "kmeans"
     validation_limit: int | None = Field(default=200, ge=1)
     test_limit: int | None = Field(default=None, ge=1)
-    executor: Literal["local"] = "local"
+    executor: Literal["local", "ray"] = "local"
+    workers: int = Field(default=2, ge=1, description="Ray workers (executor: ray)")
+    ray_address: str | None = None
+    device: str = "cpu"
     baselines: str | None = None
     cache_bytes: int = Field(default=2 * 2**30, gt=0)
 
@@ -120,8 +123,14 @@ def run_one(
     """One seeded search; its state lives in ``run_dir/state.json``."""
     problem = ZooMergeProblem(
         zoo, recipe.call(), recipe.quant(), granularity=recipe.granularity, limit=recipe.validation_limit,
-        seed=seed, cache_bytes=recipe.cache_bytes,
+        seed=seed, cache_bytes=recipe.cache_bytes, device=recipe.device,
     )
+    executor = None
+    if recipe.executor == "ray":
+        from modmerge.search.executors import RayExecutor
+
+        executor = RayExecutor(zoo.root.parent.parent, recipe.model_dump(), seed=seed, workers=recipe.workers,
+                               address=recipe.ray_address, device=recipe.device)
     config = SearchConfig(
         hv_storage_ref=float(problem.n_tasks), hv_performance_ref=0.0, population_size=recipe.population,
         budget=recipe.budget, seed=seed, surrogate=recipe.surrogate, init=recipe.init,
@@ -129,10 +138,13 @@ def run_one(
     run_dir.mkdir(parents=True, exist_ok=True)
     state_path = run_dir / "state.json"
     if resume and state_path.exists():
-        state = resume_search(problem, state_path, callback=callback)
+        state = resume_search(problem, state_path, executor=executor, callback=callback)
     else:
         vectors = problem.unit_task_vectors() if recipe.init == "kmeans" else None
-        state = run_search(problem, config, unit_vectors=vectors, state_path=state_path, callback=callback)
+        state = run_search(problem, config, unit_vectors=vectors, state_path=state_path, callback=callback,
+                           executor=executor)
+    if executor is not None:
+        executor.close()
     return state, problem
 
 

@@ -4,11 +4,14 @@ A zoo is a pretrained backbone plus T task-specific fine-tuned models with fixed
 (``ZooStore(root).zoo_dir(name)``)::
 
     manifest.json                  this file's model, written last (its presence = zoo complete)
+    build.json                     name and seed, written when a build starts (a resume must match)
     backbone/                      HF model directory of the pretrained body
+    backbone.json                  its BackboneInfo (written after backbone/: its presence = backbone done)
     tasks/<task>/body/             HF model directory of the fine-tuned body (same keys as backbone)
     tasks/<task>/head.safetensors  the task head (classifier), never merged
     tasks/<task>/task.json         this task's TaskEntry (written last: its presence = task built)
     data/<task>.pt                 the task's splits (raw inputs + labels), cached
+    data/cache/<task>.<split>.<key>.pt   tokenised texts, written by TaskPool on first use
 
 Example::
 
@@ -40,6 +43,7 @@ class BackboneInfo(_Model):
     self_pretrained: bool = Field(description="pretrained inside this project (say so in every report)")
     source: str = Field(description="where the weights came from, with version")
     pretraining: str = Field(default="", description="how it was pretrained, when self-pretrained")
+    train_seconds: float = Field(default=0.0, description="pretraining wall time, when self-pretrained")
 
 
 class TaskEntry(_Model):
@@ -51,11 +55,12 @@ class TaskEntry(_Model):
     label_names: list[str]
     metric: MetricName = "accuracy"
     pooling: Pooling = Field(description="'pooler': BERT pooler output; 'cls': first token of the last layer")
-    body: str = Field(description="HF directory of the fine-tuned body, relative to the zoo directory")
-    head: str = Field(description="safetensors file of the task head, relative to the zoo directory")
-    head_parameters: int
-    data: str = Field(description="cached splits file, relative to the zoo directory")
-    split_sizes: dict[str, int]
+    # Paths, sizes and hashes below are filled in by ZooWriter.write_task; builders leave them empty.
+    body: str = Field(default="", description="HF directory of the fine-tuned body, relative to the zoo directory")
+    head: str = Field(default="", description="safetensors file of the task head, relative to the zoo directory")
+    head_parameters: int = 0
+    data: str = Field(default="", description="cached splits file, relative to the zoo directory")
+    split_sizes: dict[str, int] = Field(default_factory=dict)
     derived: bool = False
     fine_tuning: dict[str, float | int | str] = Field(default_factory=dict, description="method, epochs, lr, ...")
     train_seconds: float = 0.0

@@ -12,34 +12,91 @@ is taken from the task's own body) or ``"cls"`` (the first token of the last hid
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import torch
 import transformers
 from torch import nn
 
+from modmerge.checkpoints import open_checkpoint
 from modmerge.errors import ModmergeError
 from modmerge.zoo.manifest import Pooling
 
 HEAD_KEYS = ("classifier.weight", "classifier.bias")
 
 
-def load_body(model_dir: Path, state: Mapping[str, torch.Tensor] | None = None) -> transformers.PreTrainedModel:
-    """Build the body from ``model_dir``'s config; load ``state`` (default: the directory's weights)."""
-    if state is None:
-        body = transformers.AutoModel.from_pretrained(model_dir)
-    else:
-        config = transformers.AutoConfig.from_pretrained(model_dir)
+def body_from_config(model_dir: Path, keys: Collection[str] | None = None) -> transformers.PreTrainedModel:
+    """An (unfilled) body built from ``model_dir``'s config, in eval mode.
+
+    ``AutoModel`` always adds a pooler to BERT and ViT; when ``keys`` (the checkpoint's names) hold
+    no ``pooler.*`` the body was saved without one (ViT with ``add_pooling_layer=False``), so it is
+    dropped. Random initialisation runs in a forked RNG, leaving the caller's RNG untouched.
+    """
+    config = transformers.AutoConfig.from_pretrained(model_dir)
+    with torch.random.fork_rng(devices=[]):
         body = transformers.AutoModel.from_config(config)
-        load_body_state(body, state)
+    if keys is not None and getattr(body, "pooler", None) is not None and not any(k.startswith("pooler.") for k in keys):
+        body.pooler = None
     return body.eval()
 
 
+def load_body(model_dir: Path, state: Mapping[str, torch.Tensor] | None = None) -> transformers.PreTrainedModel:
+    """Build the body from ``model_dir``'s config; load ``state`` (default: the directory's weights).
+
+    Built from the config and filled with :func:`load_body_state` rather than ``from_pretrained``,
+    so loading is strict (every parameter given) and prints no progress bar.
+    """
+    if state is None:
+        with open_checkpoint(model_dir) as ckpt:
+            state = {k: ckpt.get(k) for k in ckpt.keys()}
+    body = body_from_config(model_dir, list(state))
+    load_body_state(body, state)
+    return body.eval()
+
+
+def checkpoint_key_map(body: nn.Module) -> dict[str, str]:
+    """Module parameter name -> the name a checkpoint stores it under (computed once per body).
+
+    transformers 5 renames some modules in memory (ViT: ``layers.0.attention.q_proj``) but reads
+    and writes the classic checkpoint names (``encoder.layer.0.attention.attention.query``); zoo
+    files, merges and component maps all use the checkpoint names. Identity for transformers 4
+    and for models without a conversion (BERT). Only pure renamings are supported.
+    """
+    cached = body.__dict__.get("_modmerge_key_map")
+    if cached is not None:
+        return cached
+    state = body.state_dict()
+    mapping = {k: k for k in state}
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:  # transformers 4.x: checkpoints use the module names
+        revert_weight_conversion = None
+    if revert_weight_conversion is not None and isinstance(body, transformers.PreTrainedModel):
+        by_identity = {id(v): k for k, v in state.items()}
+        reverted = revert_weight_conversion(body, dict(state))
+        if len(reverted) != len(state) or any(id(v) not in by_identity for v in reverted.values()):
+            raise ModmergeError(f"{type(body).__name__}: its checkpoint conversion is not a pure renaming; unsupported")
+        mapping = {by_identity[id(v)]: k for k, v in reverted.items()}
+    body.__dict__["_modmerge_key_map"] = mapping
+    return mapping
+
+
+def body_state(body: nn.Module) -> dict[str, torch.Tensor]:
+    """The body's weights under checkpoint names (what ``save_pretrained`` would write), not copied."""
+    state = body.state_dict()
+    return {checkpoint: state[module] for module, checkpoint in checkpoint_key_map(body).items()}
+
+
 def load_body_state(body: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
-    """Copy ``state`` into ``body`` in place; every body parameter must be given, nothing extra."""
-    missing, unexpected = body.load_state_dict(dict(state), strict=False)
-    missing = [k for k in missing if not k.endswith("position_ids")]
+    """Copy ``state`` (checkpoint names, see :func:`checkpoint_key_map`) into ``body`` in place;
+    every body parameter must be given, nothing extra."""
+    key_map = checkpoint_key_map(body)
+    renamed = {module: state[checkpoint] for module, checkpoint in key_map.items() if checkpoint in state}
+    known = set(key_map.values())
+    unexpected = [k for k in state if k not in known]
+    missing, _ = body.load_state_dict(renamed, strict=False)
+    missing = [key_map.get(k, k) for k in missing if not k.endswith("position_ids")]
     if missing or unexpected:
         raise ModmergeError(f"body state does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from modmerge.checkpoints import Checkpoint, open_checkpoint
+from modmerge.checkpoints import Checkpoint, TensorInfo, open_checkpoint
 from modmerge.components import ComponentMap, decompose, load_architecture
 from modmerge.errors import ModmergeError
 from modmerge.zoo.manifest import TaskEntry, ZooManifest
@@ -42,6 +42,30 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+class _ClosesBase:
+    """An adapter's dense view that also closes the backbone it was opened over (which the
+    adapter reader leaves open when given an explicit base)."""
+
+    def __init__(self, dense: Checkpoint, base: Checkpoint) -> None:
+        self.label, self._dense, self._base = dense.label, dense, base
+
+    def keys(self) -> list[str]:
+        return self._dense.keys()
+
+    def info(self, key: str) -> TensorInfo:
+        return self._dense.info(key)
+
+    def get(self, key: str) -> torch.Tensor:
+        return self._dense.get(key)
+
+    def release(self, key: str) -> None:
+        self._dense.release(key)
+
+    def close(self) -> None:
+        self._dense.close()
+        self._base.close()
 
 
 @dataclass(frozen=True)
@@ -70,8 +94,23 @@ class Zoo:
         return open_checkpoint(self.root / self.manifest.backbone.path)
 
     def task_body(self, task: str) -> Checkpoint:
-        """The task's fine-tuned body (lazy, per tensor; same keys as the backbone)."""
-        return open_checkpoint(self.root / self.entry(task).body)
+        """The task's fine-tuned body (lazy, per tensor; same keys as the backbone).
+
+        A PEFT task stores an adapter directory (``adapter_config.json``); it opens as the dense
+        body, backbone + the adapter's delta, so every consumer sees a normal body.
+        """
+        path = self.root / self.entry(task).body
+        if (path / "adapter_config.json").is_file():
+            base = self.backbone()
+            try:
+                dense = open_checkpoint(path, base=base)
+            except Exception:
+                base.close()
+                raise
+            source = _ClosesBase(dense, base)
+            return Checkpoint(source=source, label=dense.label, config=dense.config, directory=dense.directory,
+                              files=dense.files)
+        return open_checkpoint(path)
 
     def task_head(self, task: str) -> dict[str, torch.Tensor]:
         return load_file(self.root / self.entry(task).head)

@@ -1,0 +1,331 @@
+"""The task pool: a task's metric for any body (fine-tuned, pretrained or merged) + the task's head.
+
+Evaluation is the inner loop of the Pareto search (hundreds of merged bodies x T tasks), so
+the pool does the expensive work once: every (task, split) is encoded once (tokenised texts are
+also cached on disk under ``<zoo>/data/cache``), one body module per modality is built once and
+refilled in place with ``load_state_dict``, batches run under ``torch.inference_mode``, and texts
+are batched by length so padding stays small.
+
+``limit`` takes the first N examples of a split (splits are stored in a seeded shuffled order),
+the size-constrained D'_t the paper evaluates candidate merges on.
+
+Example::
+
+    >>> zoo = ZooStore.default().load("vision")                         # doctest: +SKIP
+    >>> pool = TaskPool(zoo, split="validation", limit=500)             # doctest: +SKIP
+    >>> pool.evaluate("mnist")                  # its own fine-tuned body  # doctest: +SKIP
+    0.972
+    >>> pool.evaluate("mnist", pool.pretrained_state())                 # doctest: +SKIP
+    0.214
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import secrets
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import transformers
+from rich.progress import Progress
+from torch import nn
+
+from modmerge.components import decompose
+from modmerge.zoo.batching import EncodedTexts, eval_batches, pixel_values, take_first, tokenize
+from modmerge.zoo.manifest import TaskEntry
+from modmerge.zoo.metrics import REGRESSION_METRICS, get_metric
+from modmerge.zoo.models import (
+    TaskClassifier,
+    body_from_config,
+    body_state,
+    head_from_state,
+    load_body_state,
+)
+from modmerge.zoo.progress import progress_task
+from modmerge.zoo.store import Zoo, ZooError, sha256_file
+
+logger = logging.getLogger(__name__)
+
+State = Mapping[str, torch.Tensor]
+Encoded = torch.Tensor | EncodedTexts
+DEFAULT_BATCH = {"image": 256, "text": 128}
+DEFAULT_MAX_LENGTH = 128
+
+
+def encode_inputs(entry: TaskEntry, inputs: torch.Tensor | list[str], tokenizer: Any = None) -> Encoded:
+    """Model-ready inputs of a split: pixel values for images, :class:`EncodedTexts` for texts.
+
+    >>> encode_inputs(entry, torch.zeros(4, 28, 28)).shape  # doctest: +SKIP
+    torch.Size([4, 1, 28, 28])
+    """
+    if entry.modality == "image":
+        return pixel_values(inputs)  # type: ignore[arg-type]
+    if tokenizer is None:
+        raise ZooError(f"task '{entry.name}': text inputs need a tokenizer")
+    return tokenize(tokenizer, inputs, int(entry.fine_tuning.get("max_length", DEFAULT_MAX_LENGTH)))  # type: ignore[arg-type]
+
+
+def predict(
+    model: TaskClassifier, inputs: Encoded, *, batch_size: int, regression: bool = False,
+    device: str | torch.device = "cpu", progress: Progress | None = None, description: str = "evaluating",
+) -> torch.Tensor:
+    """Class ids (or, with ``regression``, the first output) for every example, in input order.
+
+    >>> predict(model, pixel_values(images), batch_size=256)  # doctest: +SKIP
+    tensor([3, 1, ...])
+    """
+    n = len(inputs)
+    out = torch.empty(n, dtype=torch.float32 if regression else torch.int64)
+    model.eval()
+    with torch.inference_mode(), progress_task(progress, description, n, transient=True) as advance:
+        for idx, batch in eval_batches(inputs, batch_size):
+            logits = model(**{k: v.to(device) for k, v in batch.items()}).float().cpu()
+            out[idx] = logits[:, 0] if regression else logits.argmax(-1)
+            advance(len(idx))
+    return out
+
+
+def score(entry: TaskEntry, labels: torch.Tensor, predictions: torch.Tensor) -> float:
+    """The task's metric (``entry.metric``) of ``predictions`` against ``labels``."""
+    return get_metric(entry.metric)(labels, predictions)
+
+
+def build_metrics(
+    entry: TaskEntry, model: TaskClassifier, pretrained_body: nn.Module, pretrained_state: State,
+    splits: Mapping[str, tuple[Encoded, torch.Tensor]], *, head_keys: list[str] | tuple[str, ...] = (),
+    progress: Progress | None = None,
+) -> dict[str, float]:
+    """What a builder records in ``TaskEntry.metrics``: ``individual_<split>`` for each given split
+    and ``pretrained_test`` (``pretrained_body`` refilled with ``pretrained_state`` plus this
+    task's ``head_keys`` from its fine-tuned body, with the task's head), computed exactly as
+    :meth:`TaskPool.evaluate` does (same batching), so a pool reproduces them bit for bit.
+
+    >>> build_metrics(entry, model, load_body(backbone_dir), backbone_state,
+    ...               {"validation": (x_val, y_val), "test": (x_test, y_test)})  # doctest: +SKIP
+    {'individual_validation': 0.97, 'individual_test': 0.96, 'pretrained_test': 0.18}
+    """
+    batch_size, regression = DEFAULT_BATCH[entry.modality], entry.metric in REGRESSION_METRICS
+    metrics = {}
+    for split, (inputs, labels) in splits.items():
+        preds = predict(model, inputs, batch_size=batch_size, regression=regression, progress=progress,
+                        description=f"eval {entry.name}/{split}")
+        metrics[f"individual_{split}"] = score(entry, labels, preds)
+    own = body_state(model.body)
+    load_body_state(pretrained_body, {**{k: v for k, v in pretrained_state.items() if k not in head_keys},
+                                      **{k: own[k] for k in head_keys}})
+    pretrained = TaskClassifier(pretrained_body, model.head, entry.pooling).eval()
+    inputs, labels = splits["test"]
+    preds = predict(pretrained, inputs, batch_size=batch_size, regression=regression, progress=progress,
+                    description=f"eval {entry.name}/test (pretrained)")
+    metrics["pretrained_test"] = score(entry, labels, preds)
+    return metrics
+
+
+def head_kind_keys(zoo_or_keys: Zoo | list[str], architecture: str = "") -> list[str]:
+    """Body keys of component kind ``head`` (e.g. ``pooler.dense.weight``), never merged.
+
+    >>> head_kind_keys(["pooler.dense.weight", "embeddings.word_embeddings.weight"], "bert")
+    ['pooler.dense.weight']
+    """
+    if isinstance(zoo_or_keys, Zoo):
+        cmap = zoo_or_keys.component_map()
+    else:
+        cmap = decompose(zoo_or_keys, architecture)
+    return [k for k in cmap.keys() if cmap.component_of(k).kind == "head"]
+
+
+class TaskPool:
+    """Evaluates bodies on a zoo's tasks (see module doc). Not thread-safe: it owns one body.
+
+    ``body_state`` None means the task's own fine-tuned body. Keys of component kind ``head``
+    (BERT's pooler) missing from a given state are taken from the task's own body, since they
+    belong to the task head and are never merged.
+    """
+
+    def __init__(
+        self, zoo: Zoo, *, split: str = "test", limit: int | None = None, batch_size: int | None = None,
+        device: str | torch.device = "cpu", progress: Progress | None = None,
+    ) -> None:
+        if limit is not None and limit < 1:
+            raise ZooError(f"task pool limit must be >= 1, got {limit}")
+        self.zoo, self.split, self.limit, self.device, self.progress = zoo, split, limit, torch.device(device), progress
+        self._batch_size = batch_size
+        self._bodies: dict[str, transformers.PreTrainedModel] = {}
+        self._heads: dict[str, nn.Linear] = {}
+        self._own_head_kind: dict[str, dict[str, torch.Tensor]] = {}
+        self._encoded: dict[tuple[str, str], Encoded] = {}
+        self._labels: dict[tuple[str, str], torch.Tensor] = {}
+        self._pretrained: dict[str, torch.Tensor] | None = None
+        self._tokenizer: Any = None
+        self._head_keys = head_kind_keys(zoo)
+        self._tokenizer_fingerprint: str | None = None
+        self.encodings = 0  # how many (task, split) encodings were computed (not read from a cache)
+        self.examples_evaluated, self.seconds_evaluating = 0, 0.0
+
+    # -- public API -------------------------------------------------------------------------
+    def evaluate(self, task: str, body_state: State | None = None) -> float:
+        """The task's metric on the pool's split (first ``limit`` examples) with ``body_state``."""
+        entry = self.zoo.entry(task)
+        preds = self.predictions(task, body_state)
+        return score(entry, self.labels(task), preds)
+
+    def evaluate_many(self, states: Mapping[str, State | None]) -> dict[str, float]:
+        """``{task: metric}`` for each task's body state (None: its own body)."""
+        return {task: self.evaluate(task, state) for task, state in states.items()}
+
+    def predictions(self, task: str, body_state: State | None = None, split: str | None = None) -> torch.Tensor:
+        """Predicted class ids (real values for regression tasks), in the split's stored order."""
+        entry, split = self.zoo.entry(task), split or self.split
+        inputs = self._inputs(task, split)
+        model = self.task_model(task, body_state)
+        started = time.perf_counter()
+        preds = predict(
+            model, inputs, batch_size=self.batch_size(entry), regression=entry.metric in REGRESSION_METRICS,
+            device=self.device, progress=self.progress, description=f"eval {task}/{split}",
+        )
+        seconds = time.perf_counter() - started
+        self.examples_evaluated += len(inputs)
+        self.seconds_evaluating += seconds
+        logger.info("eval %s/%s: %d examples in %.2f s (%.0f examples/s)", task, split, len(inputs), seconds,
+                    len(inputs) / max(seconds, 1e-9))
+        return preds
+
+    def labels(self, task: str, split: str | None = None) -> torch.Tensor:
+        """Labels of the evaluated examples (first ``limit`` of the split), in stored order."""
+        split = split or self.split
+        self._inputs(task, split)
+        return self._labels[(task, split)]
+
+    def features(self, task: str, split: str | None = None) -> torch.Tensor:
+        """Pooled features (N x hidden) of the PRETRAINED backbone for the evaluated examples.
+
+        The pooling is the task's (``cls`` or BERT ``pooler``, with the backbone's own pooler).
+        """
+        entry, split = self.zoo.entry(task), split or self.split
+        inputs = self._inputs(task, split)
+        body = self._body(entry.modality)
+        load_body_state(body, self._backbone_state())
+        model = TaskClassifier(body, self._head(task), entry.pooling).eval()
+        chunks: list[tuple[torch.Tensor, torch.Tensor]] = []
+        with torch.inference_mode():
+            for idx, batch in eval_batches(inputs, self.batch_size(entry)):
+                chunks.append((idx, model.features(**{k: v.to(self.device) for k, v in batch.items()}).float().cpu()))
+        out = torch.empty(len(inputs), chunks[0][1].shape[-1])
+        for idx, feats in chunks:
+            out[idx] = feats
+        return out
+
+    def pretrained_state(self) -> dict[str, torch.Tensor]:
+        """The backbone's body weights (loaded once), without ``head``-kind keys (BERT's pooler):
+        those belong to each task's head, so :meth:`evaluate` fills them from the task's own body,
+        exactly as for a merged body. This is the paper's "pretrained model + task head" row."""
+        return {k: v for k, v in self._backbone_state().items() if k not in self._head_keys}
+
+    def own_state(self, task: str) -> dict[str, torch.Tensor]:
+        """The task's fine-tuned body weights (read from disk each time; not kept)."""
+        with self.zoo.task_body(task) as ckpt:
+            return {k: ckpt.get(k).clone() for k in ckpt.keys()}
+
+    def task_model(self, task: str, body_state: State | None = None) -> TaskClassifier:
+        """The pool's shared body filled with ``body_state`` (+ the task's head-kind keys) and the
+        task's head. The next call refills the same body: use the model before asking for another."""
+        entry = self.zoo.entry(task)
+        body = self._body(entry.modality)
+        load_body_state(body, self.own_state(task) if body_state is None else self._complete(task, body_state))
+        return TaskClassifier(body, self._head(task), entry.pooling).eval()
+
+    def labeled_batches(self, task: str, split: str | None = None) -> list[dict[str, torch.Tensor]]:
+        """The evaluated examples as model-input batches with a ``labels`` entry (for Fisher and
+        RegMean statistics: ``model(**batch without labels)`` gives logits)."""
+        entry, split = self.zoo.entry(task), split or self.split
+        inputs, labels = self._inputs(task, split), self.labels(task, split)
+        return [
+            {**{k: v.to(self.device) for k, v in batch.items()}, "labels": labels[idx].to(self.device)}
+            for idx, batch in eval_batches(inputs, self.batch_size(entry))
+        ]
+
+    def batch_size(self, entry: TaskEntry) -> int:
+        return self._batch_size or DEFAULT_BATCH[entry.modality]
+
+    def throughput(self) -> float:
+        """Examples per second over every evaluation so far (0.0 before the first)."""
+        return self.examples_evaluated / self.seconds_evaluating if self.seconds_evaluating else 0.0
+
+    # -- caches -----------------------------------------------------------------------------
+    def _backbone_state(self) -> dict[str, torch.Tensor]:
+        if self._pretrained is None:
+            with self.zoo.backbone() as ckpt:
+                self._pretrained = {k: ckpt.get(k).clone() for k in ckpt.keys()}
+        return self._pretrained
+
+    def _complete(self, task: str, state: State) -> State:
+        missing = [k for k in self._head_keys if k not in state]
+        if not missing:
+            return state
+        if task not in self._own_head_kind:
+            with self.zoo.task_body(task) as ckpt:
+                self._own_head_kind[task] = {k: ckpt.get(k).clone() for k in self._head_keys if k in ckpt.keys()}
+        own = self._own_head_kind[task]
+        return {**{k: own[k] for k in missing if k in own}, **state}
+
+    def _body(self, modality: str) -> transformers.PreTrainedModel:
+        if modality not in self._bodies:
+            backbone = self.zoo.root / self.zoo.manifest.backbone.path
+            self._bodies[modality] = body_from_config(backbone, list(self._backbone_state())).to(self.device)
+        return self._bodies[modality]
+
+    def _head(self, task: str) -> nn.Linear:
+        if task not in self._heads:
+            self._heads[task] = head_from_state(self.zoo.task_head(task)).to(self.device)
+        return self._heads[task]
+
+    def _inputs(self, task: str, split: str) -> Encoded:
+        key = (task, split)
+        if key not in self._encoded:
+            entry = self.zoo.entry(task)
+            data = self.zoo.task_data(task)
+            if split not in data:
+                raise ZooError(f"task '{task}' has no split '{split}' (splits: {', '.join(data)})")
+            encoded = self._encode(entry, split, data[split]["inputs"])
+            labels = data[split]["labels"]
+            if self.limit is not None:
+                encoded, labels = take_first(encoded, self.limit), labels[: self.limit]
+            self._encoded[key], self._labels[key] = encoded, labels
+        return self._encoded[key]
+
+    def _encode(self, entry: TaskEntry, split: str, raw: torch.Tensor | list[str]) -> Encoded:
+        if entry.modality == "image":
+            self.encodings += 1
+            return encode_inputs(entry, raw)
+        path = self.zoo.root / "data" / "cache" / f"{entry.name}.{split}.{self._cache_key(entry)}.pt"
+        if path.is_file():
+            return EncodedTexts.from_payload(torch.load(path, weights_only=True))
+        self.encodings += 1
+        encoded = encode_inputs(entry, raw, self._get_tokenizer())
+        try:
+            path.parent.mkdir(exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
+            torch.save(encoded.to_payload(), tmp)  # type: ignore[union-attr]
+            os.replace(tmp, path)
+        except OSError as err:
+            logger.warning("cannot cache tokenised %s/%s at %s (%s)", entry.name, split, path, err)
+        return encoded
+
+    def _cache_key(self, entry: TaskEntry) -> str:
+        if self._tokenizer_fingerprint is None:
+            backbone = self.zoo.root / self.zoo.manifest.backbone.path
+            files = sorted(p for p in backbone.iterdir() if p.name.startswith(("tokenizer", "vocab", "special")))
+            self._tokenizer_fingerprint = json.dumps({p.name: sha256_file(p) for p in files}, sort_keys=True)
+        material = [entry.sha256.get(entry.data, entry.data), self._tokenizer_fingerprint,
+                    entry.fine_tuning.get("max_length", DEFAULT_MAX_LENGTH), transformers.__version__]
+        return hashlib.sha256(json.dumps(material).encode()).hexdigest()[:16]
+
+    def _get_tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            self._tokenizer = transformers.AutoTokenizer.from_pretrained(self.zoo.root / self.zoo.manifest.backbone.path)
+        return self._tokenizer

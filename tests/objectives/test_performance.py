@@ -1,0 +1,74 @@
+"""Eq. (7) on the tiny zoo: expert chains assemble the right bodies; caches save real work."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from modmerge.objectives.performance import ZooMergeProblem, chain, modules_of
+from modmerge.quantization import QuantConfig
+from modmerge.recipes.plan import MethodCall
+from modmerge.search.grouping import GroupingMatrix
+from modmerge.zoo.baselines import body_keys, merge_bodies
+from modmerge.zoo.taskpool import TaskPool
+
+NEVER = QuantConfig(mode="never")
+
+
+@pytest.fixture(scope="module")
+def ta_problem(tiny_zoo):
+    return ZooMergeProblem(tiny_zoo, MethodCall.build("task_arithmetic", {}), NEVER, limit=None)
+
+
+def test_individual_configuration_reproduces_each_task_model(ta_problem, tiny_zoo):
+    p = ta_problem
+    ev = p.evaluate([GroupingMatrix.individual(p.n_tasks, p.n_units)])[0]
+    for task in tiny_zoo.tasks:
+        assert ev.per_task[task] == pytest.approx(tiny_zoo.entry(task).metrics["individual_validation"])
+    assert ev.storage_cost == pytest.approx(p.n_tasks)  # T full-precision bodies, eq. (8)
+
+
+def test_all_merged_equals_the_static_merge(ta_problem, tiny_zoo):
+    p = ta_problem
+    ev = p.evaluate([GroupingMatrix.all_merged(p.n_tasks, p.n_units)])[0]
+    pool = TaskPool(tiny_zoo, split="validation")
+    states = [pool.own_state(t) for t in tiny_zoo.tasks]
+    merged = merge_bodies(pool.pretrained_state(), states, body_keys(tiny_zoo), MethodCall.build("task_arithmetic", {}))
+    for task in tiny_zoo.tasks:
+        assert ev.per_task[task] == pytest.approx(pool.evaluate(task, merged))
+    assert ev.storage_cost == pytest.approx(1.0)
+
+
+def test_quantised_single_model_costs_a_quarter_plus_metadata(tiny_zoo):
+    p = ZooMergeProblem(tiny_zoo, MethodCall.build("task_arithmetic", {}), QuantConfig(mode="always"), limit=32)
+    cost = p.storage_cost(GroupingMatrix.all_merged(p.n_tasks, p.n_units))
+    assert 0.25 < cost < 0.34
+
+
+def test_chains_and_modules_follow_the_grouping(ta_problem):
+    p = ta_problem
+    arr = np.zeros((p.n_tasks, p.n_units), dtype=int)
+    arr[1:, 0] = 1  # unit 0: task 0 alone, the rest together
+    g = GroupingMatrix.from_array(arr)
+    assert chain(g, 0, p.unit_ids)[0].members == (0,)
+    assert chain(g, 2, p.unit_ids)[0].members == tuple(range(1, p.n_tasks))
+    assert len(modules_of(g, p.unit_ids)) == p.n_units + 1
+
+
+def test_repeated_chains_are_not_rerun(tiny_zoo):
+    p = ZooMergeProblem(tiny_zoo, MethodCall.build("task_arithmetic", {}), NEVER, limit=32)
+    g = GroupingMatrix.all_merged(p.n_tasks, p.n_units)
+    p.evaluate([g, g])
+    assert p.counters.task_runs == p.n_tasks
+    assert p.counters.task_runs_naive == 2 * p.n_tasks
+
+
+def test_unit_embedding_keeps_task_vector_geometry(ta_problem):
+    p = ta_problem
+    vectors = p.unit_task_vectors()
+    keys = p.units[p.unit_ids[0]]
+    taus = torch.stack(
+        [torch.cat([(s[k].double() - p.pretrained[k].double()).reshape(-1) for k in keys]) for s in p.builder.tasks]
+    )
+    np.testing.assert_allclose(vectors[0] @ vectors[0].T, (taus @ taus.T).numpy(), rtol=1e-6, atol=1e-9)

@@ -1,0 +1,55 @@
+"""`modmerge search` end to end on the tiny zoo: outputs, budget, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from modmerge.errors import RecipeError
+from modmerge.search.driver import load_search_recipe, run_search_recipe
+from modmerge.zoo.store import ZooError, ZooStore
+
+
+def write(tmp_path, **fields):
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump({"zoo": "tiny", "budget": 10, "population": 5, "validation_limit": 32,
+                                    "test_limit": 32, **fields}))
+    return path
+
+
+@pytest.mark.slow
+def test_search_writes_outputs_and_resumes_to_the_same_front(tiny_zoo, tmp_path):
+    store = ZooStore(tiny_zoo.root.parent.parent)
+    recipe = load_search_recipe(write(tmp_path))
+    payload = run_search_recipe(recipe, tmp_path / "run", store=store)
+    for name in ("pareto.json", "history.json", "summary.md", "pareto.png"):
+        assert (tmp_path / "run" / name).exists()
+    history = json.loads((tmp_path / "run" / "history.json").read_text())["runs"][0]["generations"]
+    assert history[-1]["evaluations"] == 10
+    sols = payload["runs"][0]["solutions"]
+    for a in sols:  # the archive is non-dominated
+        assert not any(
+            b["storage_cost"] <= a["storage_cost"] and b["validation"]["mean"] >= a["validation"]["mean"]
+            and (b["storage_cost"], b["validation"]["mean"]) != (a["storage_cost"], a["validation"]["mean"])
+            for b in sols
+        )
+    assert payload["runs"][0]["representatives"]["G3"] is not None
+    again = run_search_recipe(recipe, tmp_path / "run", store=store, resume=True)
+    assert [s["grouping"] for s in again["runs"][0]["solutions"]] == [s["grouping"] for s in sols]
+
+
+@pytest.mark.parametrize(
+    ("fields", "needle"),
+    [({"budgett": 3}, "budgett: unknown field"), ({"budget": 3}, "smaller than the population"),
+     ({"method": "nope"}, "unknown merge method"), ({"granularity": "block"}, "granularity")],
+)
+def test_bad_search_recipe(tmp_path, fields, needle):
+    with pytest.raises(RecipeError, match=needle):
+        load_search_recipe(write(tmp_path, **fields))
+
+
+def test_unknown_zoo_is_an_error_before_work(tmp_path):
+    with pytest.raises(ZooError, match="not built"):
+        ZooStore(tmp_path).load("vision")
