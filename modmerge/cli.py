@@ -225,16 +225,29 @@ def baselines(
         if unknown:
             raise _Err(f"--methods: unknown row {unknown[0]!r} (rows: {', '.join(b.name for b in BASELINES)})")
         chosen = tuple(b for b in BASELINES if b.name in wanted)
-    results = run_baselines(
+    previous = out_dir / "baselines.json"
+    kept = {m["name"]: m for m in json.loads(previous.read_text())["methods"]} if methods and previous.exists() else {}
+    done: list = []
+
+    def write_report(row: object = None) -> str:
+        if row is not None:
+            done.append(row)
+            err_console.print(f"{row.name}: test mean {100 * row.test_mean:.1f} ({row.seconds:.0f} s) {row.parameters}")
+        report = report_json(zoo_obj, done, val_limit=val_limit, test_limit=test_limit)
+        # --methods re-runs some rows of an existing report: keep its other rows, in table order
+        rows = {**kept, **{m["name"]: m for m in report["methods"]}}
+        report["methods"] = [rows[b.name] for b in BASELINES if b.name in rows]
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "baselines.json").write_text(json.dumps(report, indent=2))
+        table = markdown_table(report)
+        (out_dir / "baselines.md").write_text(table)
+        return table
+
+    run_baselines(
         zoo_obj, baselines=chosen, val_limit=val_limit, test_limit=test_limit, points=points, seed=seed,
-        on_row=lambda r: err_console.print(f"{r.name}: test mean {100 * r.test_mean:.1f} ({r.seconds:.0f} s) {r.parameters}"),
+        on_row=write_report,
     )
-    report = report_json(zoo_obj, results, val_limit=val_limit, test_limit=test_limit)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "baselines.json").write_text(json.dumps(report, indent=2))
-    table = markdown_table(report)
-    (out_dir / "baselines.md").write_text(table)
-    click.echo(table)
+    click.echo(write_report())
 
 
 @main.command()

@@ -23,10 +23,12 @@ import numpy as np
 import torch
 
 from modmerge.checkpoints import in_memory
+from modmerge.errors import ModmergeError
 from modmerge.merging import get_method
 from modmerge.merging.statistics import StatisticsCache, compute_fisher, compute_gram, strip_prefix
 from modmerge.recipes.execute import merged_tensors, model_scope_thresholds
 from modmerge.recipes.plan import MethodCall
+from modmerge.zoo.models import checkpoint_key_map
 from modmerge.zoo.store import Zoo
 from modmerge.zoo.taskpool import TaskPool
 
@@ -122,7 +124,7 @@ def task_statistics(
     for task in zoo.tasks:
         digest = zoo.entry(task).sha256
         model_id = f"{zoo.name}/{task}/{sorted(digest.items())}"
-        data_id = f"train[:{examples}]"
+        data_id = f"train[:{examples}]/checkpoint-names"
 
         def compute(task: str = task) -> dict[str, torch.Tensor]:
             model = pool.task_model(task)
@@ -132,10 +134,15 @@ def task_statistics(
                     stats = compute_fisher(model, batches)
             else:
                 stats = compute_gram(model, batches)
-            return dict(strip_prefix(stats, "body."))
+            # Statistics come keyed by in-memory parameter names; bodies use checkpoint names
+            # (transformers 5 renames ViT modules in memory).
+            key_map = checkpoint_key_map(model.body)
+            return {key_map.get(k, k): v for k, v in strip_prefix(stats, "body.").items()}
 
-        stats = cache.get_or_compute(kind, model_id, data_id, compute) if cache else compute()
-        out.append(dict(stats))
+        stats = dict(cache.get_or_compute(kind, model_id, data_id, compute) if cache else compute())
+        if not set(stats) & set(body_keys(zoo)):
+            raise ModmergeError(f"{kind} statistics of task '{task}' match no body parameter of zoo '{zoo.name}'")
+        out.append(stats)
     return out
 
 
