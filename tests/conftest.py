@@ -6,10 +6,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny_models import make_finetuned, make_tiny_model
+
+# Tests use tiny models, which gain nothing from a second thread, and two-thread torch runs many
+# times slower whenever another process shares the cores.
+torch.set_num_threads(1)
 
 ARCHS = ("bert", "roberta", "gpt2", "vit", "clip_vision", "t5", "llama", "mistral", "qwen2")
 

@@ -195,7 +195,7 @@ def test_real_minilm_builds_one_small_task(tmp_path):
     assets = AssetStore.default()
     if assets.info("minilm_l6") is None or assets.info("sotu") is None:
         pytest.skip("MiniLM-L6 / sotu assets not fetched into the default store (run: modmerge zoo build text)")
-    settings = TextSettings(tasks=("sotu_era",), train_examples=64, epochs=1,
+    settings = TextSettings(tasks=("sotu_era",), train_examples=64, epochs=1, small_task_below=0,
                             sizes=SplitSizes(train=64, validation=32, test=64, min_test=32))  # fmt: skip
     zoo = build_text(ZooStore(tmp_path), assets, settings=settings)
     entry = zoo.entry("sotu_era")
