@@ -314,3 +314,7 @@ def _progress() -> Progress:
 
 if __name__ == "__main__":
     main()
+
+
+# Commands of the later pipeline stages live beside this file; importing them registers them on `main`.
+from modmerge.cli import library, reuse, serve  # noqa: E402, F401

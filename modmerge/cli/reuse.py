@@ -1,0 +1,3 @@
+"""`modmerge reuse ...` commands (registered on the main group by importing this module)."""
+
+from __future__ import annotations
