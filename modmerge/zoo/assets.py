@@ -23,7 +23,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -39,8 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import platformdirs
-
+from modmerge.cache import default_cache_root, sha256_file
 from modmerge.errors import ModmergeError
 
 logger = logging.getLogger(__name__)
@@ -108,25 +106,14 @@ _APT_LISTS = Path("/var/lib/apt/lists")
 
 
 def default_asset_root(environ: Mapping[str, str] | None = None) -> Path:
-    """``$MODMERGE_CACHE/assets``, else ``<user cache dir>/modmerge/assets``.
+    """``<cache root>/assets`` (see :func:`modmerge.cache.default_cache_root`).
 
     Example::
 
         >>> default_asset_root({"MODMERGE_CACHE": "/tmp/mm"})
         PosixPath('/tmp/mm/assets')
     """
-    env = os.environ if environ is None else environ
-    cache = env.get("MODMERGE_CACHE") or platformdirs.user_cache_dir("modmerge")
-    return Path(cache) / "assets"
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return default_cache_root(environ) / "assets"
 
 
 class AssetStore:

@@ -6,16 +6,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
+from modmerge.cache import default_cache_root, sha256_file  # noqa: F401  (re-exported)
 from modmerge.checkpoints import Checkpoint, TensorInfo, open_checkpoint
 from modmerge.components import ComponentMap, decompose, load_architecture
 from modmerge.errors import ModmergeError
@@ -24,24 +22,6 @@ from modmerge.zoo.manifest import TaskEntry, ZooManifest
 
 class ZooError(ModmergeError):
     """A zoo is unknown, not built, or damaged."""
-
-
-def default_cache_root(environ: Mapping[str, str] | None = None) -> Path:
-    """``$MODMERGE_CACHE`` if set, else the user's cache directory for modmerge."""
-    env = os.environ if environ is None else environ
-    if env.get("MODMERGE_CACHE"):
-        return Path(env["MODMERGE_CACHE"])
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("modmerge"))
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class _ClosesBase:
