@@ -1,0 +1,161 @@
+"""The FastAPI application: routes, validation messages, status codes.
+
+Every error answers ``{"error": "<one line naming the culprit>"}``: 413 for an oversized body or
+too many inputs, 422 for a malformed body, 400 for inputs the engine refuses, 503 when the queue
+is full, 504 on timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from modmerge.errors import ModmergeError
+from modmerge.serve.batcher import Batcher, QueueFull, ShuttingDown
+from modmerge.serve.limits import BodyLimit
+from modmerge.serve.protocol import Engine, config_id, engine_tasks
+from modmerge.serve.schema import (
+    ConfigsResponse,
+    ErrorBody,
+    Health,
+    PredictRequest,
+    PredictResponse,
+    Stats,
+)
+from modmerge.serve.settings import ServeSettings
+
+logger = logging.getLogger(__name__)
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in (
+        (400, "The engine refused an input (e.g. an unreadable image)."),
+        (413, "Body over max_body_bytes, or more inputs than max_inputs."),
+        (422, "Malformed body: unknown or missing field, unknown task."),
+        (503, "The request queue is full, or the service is shutting down."),
+        (504, "No answer within request_timeout_s."),
+    )
+}
+
+
+def create_app(engine: Engine, settings: ServeSettings) -> FastAPI:
+    """The service for ``engine``, ready for uvicorn.
+
+    Example::
+
+        >>> import uvicorn                                                    # doctest: +SKIP
+        >>> app = create_app(ReuseEngine(Library.open("lib"), budget=0.5), ServeSettings())  # doctest: +SKIP
+        >>> uvicorn.run(app, host="127.0.0.1", port=8000)                     # doctest: +SKIP
+    """
+    tasks = engine_tasks(engine)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modmerge-engine")
+        batcher = Batcher(engine, executor, queue_size=settings.queue_size,
+                          window_s=settings.batch_window_ms / 1000, max_batch=settings.max_batch)
+        batcher.start()
+        app.state.batcher = batcher
+        try:
+            yield
+        finally:
+            await batcher.stop()
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(
+        title="modmerge reuse service",
+        summary="MERGE on-demand reuse: route inputs to expert chains of a merged module library.",
+        version="1",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": _validation_line(exc.errors()), "detail": _plain(exc.errors())}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.post("/v1/predict", response_model=PredictResponse, responses=_ERRORS)
+    async def predict(body: PredictRequest, request: Request) -> PredictResponse:
+        """Route every input to its task's expert chain and answer its label, in input order."""
+        if len(body.inputs) > settings.max_inputs:
+            raise HTTPException(413, f"inputs: {len(body.inputs)} inputs, over the limit of {settings.max_inputs} per request (max_inputs)")
+        if body.task is not None and tasks is not None and body.task not in tasks:
+            raise HTTPException(422, f"task: unknown task {body.task!r} (tasks: {', '.join(tasks)})")
+        for i, item in enumerate(body.inputs):
+            if item.image is not None:
+                _check_image(i, item.image, settings.image_root)
+        batcher: Batcher = request.app.state.batcher
+        try:
+            future = batcher.submit([x.as_engine_input() for x in body.inputs], body.task)
+        except QueueFull as err:
+            raise HTTPException(503, str(err), headers={"Retry-After": "1"}) from None
+        try:
+            outputs = await asyncio.wait_for(future, settings.request_timeout_s)
+        except TimeoutError:
+            raise HTTPException(504, f"no answer within {settings.request_timeout_s:g} s (request_timeout_s)") from None
+        except ShuttingDown as err:
+            raise HTTPException(503, str(err)) from None
+        except ModmergeError as err:
+            raise HTTPException(400, str(err)) from None
+        except Exception as err:
+            raise HTTPException(500, f"engine failed: {type(err).__name__}: {err}") from None
+        return PredictResponse(config=config_id(engine), outputs=outputs)  # type: ignore[arg-type]
+
+    @app.get("/healthz", response_model=Health)
+    async def healthz(request: Request) -> Health:
+        """Liveness, the selected configuration and how many requests wait."""
+        return Health(status="ok", config=config_id(engine), queue_depth=request.app.state.batcher.depth,
+                      queue_size=settings.queue_size)
+
+    @app.get("/v1/configs", response_model=ConfigsResponse)
+    async def configs() -> ConfigsResponse:
+        """The library's configurations (storage cost, performance) and the one being served."""
+        selected = config_id(engine)
+        rows = [{**c, "selected": c.get("id") == selected} for c in engine.configs()]
+        return ConfigsResponse(selected=selected, configurations=rows)
+
+    @app.get("/v1/stats", response_model=Stats)
+    async def stats(request: Request) -> Stats:
+        """Batching counters: requests, inputs, batches (engine calls) and their sizes."""
+        return request.app.state.batcher.snapshot()
+
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    return app
+
+
+def _check_image(index: int, path: str, root: Path | None) -> None:
+    where = f"inputs.{index}.image"
+    resolved = Path(path).expanduser().resolve()
+    if root is not None and not resolved.is_relative_to(root.expanduser().resolve()):
+        raise HTTPException(422, f"{where}: {path!r} is outside the image root {str(root)!r}")
+    if not resolved.is_file():
+        raise HTTPException(422, f"{where}: no such file {path!r}")
+
+
+def _validation_line(errors: Any) -> str:
+    """The first validation error as one line: ``inputs.0.txt: Extra inputs are not permitted``."""
+    if not errors:
+        return "invalid request"
+    first = errors[0]
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{'.'.join(loc) or 'body'}: {msg}{more}"
+
+
+def _plain(errors: Any) -> list[dict[str, Any]]:
+    # pydantic puts exception objects in ``ctx``; JSON needs plain values
+    return [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg")), "type": e.get("type")} for e in errors]
