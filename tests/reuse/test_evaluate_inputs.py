@@ -111,8 +111,8 @@ def test_read_jsonl_paths_and_errors(tmp_path):
     (tmp_path / "in.jsonl").write_text('{"image": "imgs/a.png"}\n\n{"text": "hi", "id": "x"}\n')
     raws = read_jsonl(tmp_path / "in.jsonl")
     assert raws[0].value == str(tmp_path / "imgs" / "a.png") and raws[1].id == "x"
-    with pytest.raises(InputError, match="image file .* not found"):
+    with pytest.raises(InputError, match=r"image file .* not found"):
         load_image(raws[0].value, (28, 28), where="in.jsonl line 1")
     (tmp_path / "bad.jsonl").write_text('{"text": "hi"}\n[1, 2]\n')
-    with pytest.raises(InputError, match="bad.jsonl line 2: expected an object"):
+    with pytest.raises(InputError, match=r"bad\.jsonl line 2: expected an object"):
         read_jsonl(tmp_path / "bad.jsonl")
