@@ -80,15 +80,17 @@ class FakeLibrary:
         return self.router
 
 
-def fake_library(zoo: Any, groupings: list[GroupingMatrix], root: Path, *, with_pooler: bool = True) -> FakeLibrary:
+def fake_library(
+    zoo: Any, groupings: list[GroupingMatrix], root: Path, *, with_pooler: bool = True, call: MethodCall | None = None,
+) -> FakeLibrary:
     """Configurations c0, c1, ... for ``groupings`` (T x L over the zoo's component units)."""
     pool = TaskPool(zoo, split="validation", limit=8)
     units = zoo.component_map().units("component", exclude_kinds=("head",))
     unit_ids = list(units)
     pretrained = pool.pretrained_state()
     states = [pool.own_state(t) for t in zoo.tasks]
-    builder = ExpertBuilder(pretrained, states, units, MethodCall.build("task_arithmetic", {"scaling": 0.3}),
-                            QuantConfig())
+    call = call or MethodCall.build("task_arithmetic", {"scaling": 0.3})
+    builder = ExpertBuilder(pretrained, states, units, call, QuantConfig())
     modules: dict[str, dict[str, torch.Tensor]] = {}
     chains: dict[str, list[str]] = {}
     configs = []
