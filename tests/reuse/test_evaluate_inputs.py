@@ -116,3 +116,18 @@ def test_read_jsonl_paths_and_errors(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"text": "hi"}\n[1, 2]\n')
     with pytest.raises(InputError, match=r"bad\.jsonl line 2: expected an object"):
         read_jsonl(tmp_path / "bad.jsonl")
+
+
+def test_real_router_accuracy_through_the_engine_matches_its_own_report(lib, tiny_zoo, monkeypatch):
+    from modmerge.reuse.router import RouterConfig, fit_zoo_router
+    from modmerge.zoo.store import ZooStore
+
+    config = RouterConfig.for_zoo(tiny_zoo, epochs=3, per_task=64)
+    router, fitted = fit_zoo_router(tiny_zoo, config, test_limit=48)
+    monkeypatch.setattr(lib, "router", (router.to_state(), config.to_dict()))
+    from modmerge.reuse.engine import ReuseEngine
+
+    engine = ReuseEngine(lib, config_id="c0", zoo_store=ZooStore(tiny_zoo.root.parent.parent))
+    report = evaluate_library(lib, "c0", tiny_zoo, limit=48, engine=engine)
+    for task in tiny_zoo.tasks:  # same features up to batching noise: at most one example may flip
+        assert abs(report["tasks"][task]["routing_accuracy"] - fitted["per_task"][task]) <= 1 / 48
