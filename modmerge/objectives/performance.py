@@ -3,8 +3,11 @@
 P_G = (1/T) sum_t metric_t(f_{theta~_t}, D'_t), where theta~_t recombines the modules of task
 t's expert chain. Two caches make real evaluations cheap: modules by value (in the
 :class:`~modmerge.experts.modules.ExpertBuilder`) and task results by (task, expert chain): two
-configurations that give a task the same chain reuse its score. The counters say how much work
-the caches saved against a naive evaluator that rebuilds and re-runs everything.
+configurations that give a task the same chain reuse its score. A third one, the
+:class:`~modmerge.objectives.prefix_cache.PrefixCache`, keeps hidden states after encoder layer
+k by chain prefix, so a chain that agrees with an earlier one up to layer k runs only the later
+layers. The counters say how much work the caches saved against a naive evaluator that rebuilds
+and re-runs everything.
 
 >>> problem = ZooMergeProblem(zoo, call, QuantConfig(), granularity="component", limit=200)  # doctest: +SKIP
 >>> problem.evaluate([GroupingMatrix.individual(problem.n_tasks, problem.n_units)])  # doctest: +SKIP
@@ -20,6 +23,7 @@ import numpy as np
 import torch
 
 from modmerge.experts.modules import ExpertBuilder, ModuleKey
+from modmerge.objectives.prefix_cache import PrefixCache, prefix_keys
 from modmerge.objectives.storage import module_storage_cost
 from modmerge.quantization import QuantConfig
 from modmerge.recipes.plan import MethodCall
@@ -41,6 +45,11 @@ class EvaluationCounters:
     task_runs_naive: int = 0  # T per configuration
     modules_built: int = 0
     modules_naive: int = 0  # sum over configurations of their distinct modules
+    # Encoder layers run, counted once per task run (a layer over all of the task's batches);
+    # naive: every layer for every task of every configuration.
+    layer_forwards: int = 0
+    layer_forwards_naive: int = 0
+    prefix_hits: int = 0  # task runs that started from cached hidden states
     seconds: float = 0.0
     per_config_seconds: list[float] = field(default_factory=list)
 
@@ -71,6 +80,7 @@ class ZooMergeProblem:
         limit: int | None = 200,
         seed: int = 0,
         cache_bytes: int = 2 * 2**30,
+        prefix_cache_bytes: int = 512 * 2**20,
         device: str = "cpu",
     ) -> None:
         self.zoo, self.call, self.quant = zoo, call, quant
@@ -89,6 +99,16 @@ class ZooMergeProblem:
         self._results: dict[tuple[int, Chain], float] = {}
         self._module_cost: dict[ModuleKey, float] = {}
         self.counters = EvaluationCounters()
+        self.prefix_cache = PrefixCache(prefix_cache_bytes)
+        self.n_layers = self.pool.n_layers(self.task_names[0])
+        staged = self.pool.staged(self.task_names[0])
+        # Per unit, the first and last stage its weights feed (0 embeddings, i + 1 layer i); without
+        # a stage split every unit feeds stage 0, so no prefix is ever shorter than the chain.
+        self._key_stage = {k: 0 if staged is None else staged.stage_of(k) for keys in self.units.values() for k in keys}
+        stages = [[self._key_stage[k] for k in keys] for keys in self.units.values()]
+        self._first_stage = [min(s) for s in stages]
+        self._last_stage = [max(s) for s in stages]
+        self._staged = staged is not None
 
     @property
     def n_tasks(self) -> int:
@@ -109,38 +129,84 @@ class ZooMergeProblem:
         return float(sum(self.module_cost(k) for k in modules_of(g, self.unit_ids)))
 
     def task_metric(self, task: int, task_chain: Chain) -> float:
-        """Task ``task``'s metric on D'_t with the body assembled from ``task_chain`` (cached)."""
+        """Task ``task``'s metric on D'_t with the body assembled from ``task_chain`` (cached), run
+        from the longest prefix of hidden states the prefix cache holds."""
         key = (task, task_chain)
         if key not in self._results:
-            state: dict[str, torch.Tensor] = {}
-            for module in task_chain:
-                state.update(self.builder.dense(module))
-            self._results[key] = self.pool.evaluate(self.task_names[task], state)
-            self.counters.task_runs += 1
+            self._results[key] = self._run(task, task_chain)
         return self._results[key]
 
-    def evaluate_one(self, g: GroupingMatrix) -> Evaluation:
-        started = time.perf_counter()
-        built_before = self.builder.builds
-        per_task = [self.task_metric(t, chain(g, t, self.unit_ids)) for t in range(self.n_tasks)]
-        cost = self.storage_cost(g)
-        seconds = time.perf_counter() - started
+    def _run(self, task: int, task_chain: Chain) -> float:
+        use_prefixes = self._staged and self.prefix_cache.enabled
+        keys = prefix_keys(task, task_chain, self._first_stage, self.n_layers)
+        done, hidden = self.prefix_cache.longest(keys) if use_prefixes else (-1, None)
+        start = done + 1
+        first_stage = 0 if hidden is None else start + 1
+        state: dict[str, torch.Tensor] = {}
+        for module, last in zip(task_chain, self._last_stage, strict=True):
+            if last >= first_stage:  # modules only the cached layers use are not even dequantised
+                state.update(
+                    (k, v) for k, v in self.builder.dense(module).items() if self._key_stage[k] >= first_stage
+                )
+        # The last layer's output only helps the identical chain, which the result cache answers.
+        keep = [k for k in range(start, self.n_layers) if keys[k][1] != task_chain] if use_prefixes else []
+        run = self.pool.evaluate_from(self.task_names[task], state, start_layer=start if hidden is not None else 0,
+                                      hidden=hidden, keep_layers=keep)
+        for k in keep:
+            self.prefix_cache.put(keys[k], run.hidden[k])
         c = self.counters
-        c.configurations += 1
-        c.task_runs_naive += self.n_tasks
-        c.modules_naive += len(modules_of(g, self.unit_ids))
-        c.modules_built += self.builder.builds - built_before
-        c.seconds += seconds
-        c.per_config_seconds.append(seconds)
-        return Evaluation(
-            performance=float(np.mean(per_task)),
-            per_task=dict(zip(self.task_names, per_task, strict=True)),
-            storage_cost=cost,
-            seconds=seconds,
-        )
+        c.task_runs += 1
+        c.layer_forwards += run.layers_run
+        c.prefix_hits += hidden is not None
+        return run.metric
+
+    def _run_order(self, item: tuple[int, Chain]) -> tuple:
+        """Sort key that puts task runs sharing a chain prefix next to each other (depth-first
+        order of the prefix tree), so each run finds its longest prefix among the freshest entries."""
+        task, task_chain = item
+        return task, tuple(sorted(zip(self._first_stage, range(len(task_chain)), task_chain, strict=True)))
+
+    def evaluate_one(self, g: GroupingMatrix) -> Evaluation:
+        return self.evaluate([g])[0]
 
     def evaluate(self, gs: Sequence[GroupingMatrix]) -> list[Evaluation]:
-        return [self.evaluate_one(g) for g in gs]
+        """Evaluations of ``gs``; their new task runs go in prefix-sharing order, each one's time
+        charged to the first configuration that needs it."""
+        chains = [[chain(g, t, self.unit_ids) for t in range(self.n_tasks)] for g in gs]
+        owner: dict[tuple[int, Chain], int] = {}
+        for i, per_task in enumerate(chains):
+            for t, task_chain in enumerate(per_task):
+                if (t, task_chain) not in self._results:
+                    owner.setdefault((t, task_chain), i)
+        seconds = [0.0] * len(gs)
+        built = [0] * len(gs)
+        for key in sorted(owner, key=self._run_order):
+            started, built_before = time.perf_counter(), self.builder.builds
+            self.task_metric(*key)
+            seconds[owner[key]] += time.perf_counter() - started
+            built[owner[key]] += self.builder.builds - built_before
+        out = []
+        for i, g in enumerate(gs):
+            started, built_before = time.perf_counter(), self.builder.builds
+            per_task = [self.task_metric(t, task_chain) for t, task_chain in enumerate(chains[i])]
+            cost = self.storage_cost(g)
+            seconds[i] += time.perf_counter() - started
+            built[i] += self.builder.builds - built_before
+            c = self.counters
+            c.configurations += 1
+            c.task_runs_naive += self.n_tasks
+            c.layer_forwards_naive += self.n_tasks * self.n_layers
+            c.modules_naive += len(modules_of(g, self.unit_ids))
+            c.modules_built += built[i]
+            c.seconds += seconds[i]
+            c.per_config_seconds.append(seconds[i])
+            out.append(Evaluation(
+                performance=float(np.mean(per_task)),
+                per_task=dict(zip(self.task_names, per_task, strict=True)),
+                storage_cost=cost,
+                seconds=seconds[i],
+            ))
+        return out
 
     def unit_task_vectors(self) -> list[np.ndarray]:
         """Per unit, T points whose pairwise inner products equal the task vectors' (for K-means init).

@@ -27,7 +27,8 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -43,16 +44,19 @@ from modmerge.zoo.models import (
     TaskClassifier,
     body_from_config,
     body_state,
+    checkpoint_key_map,
     head_from_state,
     load_body_state,
 )
 from modmerge.zoo.progress import progress_task
+from modmerge.zoo.staged import StagedBody, load_partial_state, staged_body
 from modmerge.zoo.store import Zoo, ZooError, sha256_file
 
 logger = logging.getLogger(__name__)
 
 State = Mapping[str, torch.Tensor]
 Encoded = torch.Tensor | EncodedTexts
+Pool = Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]  # (body, batch) -> pooled features
 DEFAULT_BATCH = {"image": 256, "text": 128}
 DEFAULT_MAX_LENGTH = 128
 
@@ -126,6 +130,20 @@ def build_metrics(
     return metrics
 
 
+@dataclass
+class StagedRun:
+    """One task run of :meth:`TaskPool.evaluate_from`: the metric, how many encoder layers were run
+    (over the task's whole evaluated subset) and the hidden states kept, per layer, per batch."""
+
+    metric: float
+    layers_run: int
+    hidden: dict[int, list[torch.Tensor]] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for batches in self.hidden.values() for t in batches)
+
+
 def head_kind_keys(zoo_or_keys: Zoo | list[str], architecture: str = "") -> list[str]:
     """Body keys of component kind ``head`` (e.g. ``pooler.dense.weight``), never merged.
 
@@ -195,16 +213,79 @@ class TaskPool:
                     len(inputs) / max(seconds, 1e-9))
         return preds
 
+    def staged(self, task: str) -> StagedBody | None:
+        """The task's body run stage by stage, or None for a body class without a stage split."""
+        return staged_body(self._body(self.zoo.entry(task).modality))
+
+    def n_layers(self, task: str) -> int:
+        """Encoder layers of the task's body (what one full forward runs)."""
+        return int(self._body(self.zoo.entry(task).modality).config.num_hidden_layers)
+
+    def evaluate_from(
+        self, task: str, body_state: State, *, start_layer: int = 0, hidden: Sequence[torch.Tensor] | None = None,
+        keep_layers: Collection[int] = (),
+    ) -> StagedRun:
+        """The task's metric (as :meth:`evaluate` computes it, bit for bit) with a forward that
+        starts at encoder layer ``start_layer`` from ``hidden`` (the output of layer
+        ``start_layer - 1`` for each evaluation batch, as a previous run kept them), and keeps the
+        outputs of ``keep_layers``. Only the weights of the stages it runs are taken from
+        ``body_state``; the others may be left out. A body without a stage split is run whole.
+
+        >>> first = pool.evaluate_from("sst2", state, keep_layers=[2])  # doctest: +SKIP
+        >>> pool.evaluate_from("sst2", other, start_layer=3, hidden=first.hidden[2]).layers_run  # doctest: +SKIP
+        3
+        """
+        entry = self.zoo.entry(task)
+        staged = self.staged(task)
+        if staged is None:
+            if hidden is not None:
+                raise ZooError(f"task '{task}': {type(self._body(entry.modality)).__name__} has no stage split to resume")
+            return StagedRun(self.evaluate(task, body_state), self.n_layers(task))
+        if (hidden is None) != (start_layer == 0) or not 0 <= start_layer <= staged.n_layers:
+            raise ZooError(f"task '{task}': start_layer {start_layer} needs the hidden states of layer {start_layer - 1}")
+        first_stage = 0 if hidden is None else start_layer + 1
+        state = self._complete(task, body_state)
+        needed = [k for k in checkpoint_key_map(staged.body).values() if staged.stage_of(k) >= first_stage]
+        missing = [k for k in needed if k not in state]
+        if missing:
+            raise ZooError(f"task '{task}': body state misses {missing[:3]} (stages from {first_stage} on)")
+        load_partial_state(staged.body, {k: state[k] for k in needed})
+        inputs, head = self._inputs(task, self.split), self._head(task)
+        regression = entry.metric in REGRESSION_METRICS
+        preds = torch.empty(len(inputs), dtype=torch.float32 if regression else torch.int64)
+        kept: dict[int, list[torch.Tensor]] = {i: [] for i in keep_layers if start_layer <= i < staged.n_layers}
+        started = time.perf_counter()
+        with torch.inference_mode():
+            for b, (idx, batch) in enumerate(eval_batches(inputs, self.batch_size(entry))):
+                batch = {k: v.to(self.device) for k, v in batch.items()}
+                if hidden is None:
+                    h, mask = staged.embed(batch)
+                else:
+                    if b >= len(hidden):
+                        raise ZooError(f"task '{task}': {len(hidden)} hidden-state batches given, more needed")
+                    h = hidden[b].to(self.device)
+                    mask = staged.mask(h, batch)
+                for i in range(start_layer, staged.n_layers):
+                    h = staged.layer(i, h, mask)
+                    if i in kept:
+                        kept[i].append(h)  # layers return fresh tensors, so no copy is needed
+                logits = head(staged.features(h, entry.pooling)).float().cpu()
+                preds[idx] = logits[:, 0] if regression else logits.argmax(-1)
+        self.examples_evaluated += len(inputs)
+        self.seconds_evaluating += time.perf_counter() - started
+        return StagedRun(score(entry, self.labels(task), preds), staged.n_layers - start_layer, kept)
+
     def labels(self, task: str, split: str | None = None) -> torch.Tensor:
         """Labels of the evaluated examples (first ``limit`` of the split), in stored order."""
         split = split or self.split
         self._inputs(task, split)
         return self._labels[(task, split)]
 
-    def features(self, task: str, split: str | None = None) -> torch.Tensor:
+    def features(self, task: str, split: str | None = None, *, pool: Pool | None = None) -> torch.Tensor:
         """Pooled features (N x hidden) of the PRETRAINED backbone for the evaluated examples.
 
-        The pooling is the task's (``cls`` or BERT ``pooler``, with the backbone's own pooler).
+        The pooling is the task's (``cls`` or BERT ``pooler``, with the backbone's own pooler), or
+        ``pool(body, batch)`` when given: the router pools every task the same way.
         """
         entry, split = self.zoo.entry(task), split or self.split
         inputs = self._inputs(task, split)
@@ -214,7 +295,9 @@ class TaskPool:
         chunks: list[tuple[torch.Tensor, torch.Tensor]] = []
         with torch.inference_mode():
             for idx, batch in eval_batches(inputs, self.batch_size(entry)):
-                chunks.append((idx, model.features(**{k: v.to(self.device) for k, v in batch.items()}).float().cpu()))
+                batch = {k: v.to(self.device) for k, v in batch.items()}
+                feats = model.features(**batch) if pool is None else pool(body, batch)
+                chunks.append((idx, feats.float().cpu()))
         out = torch.empty(len(inputs), chunks[0][1].shape[-1])
         for idx, feats in chunks:
             out[idx] = feats
