@@ -267,14 +267,17 @@ def search(
     recipe: Path, out_dir: Path, cache: Path | None, resume: bool, runs: int | None, budget: int | None,
     population: int | None, seed: int | None, no_surrogate: bool, init: str | None, granularity: str | None,
 ) -> None:
-    """MERGE offline optimisation: search the Pareto set of (storage cost, performance) on a zoo."""
+    """MERGE offline optimisation: search the Pareto set of (storage cost, performance) on a zoo,
+    or on your own models (recipe with pretrained, models and evaluators)."""
     from modmerge.search.driver import load_search_recipe, run_search_recipe
 
     overrides = {"runs": runs, "budget": budget, "population": population, "seed": seed, "init": init,
                  "granularity": granularity, "surrogate": False if no_surrogate else None}
     parsed = load_search_recipe(recipe, overrides)
-    store = _store(cache)
-    store.load(parsed.zoo)  # a missing zoo is an error before any work
+    store = None
+    if parsed.zoo is not None:
+        store = _store(cache)
+        store.load(parsed.zoo)  # a missing zoo is an error before any work
     with _task_progress() as bar:
         task = bar.add_task("search", total=parsed.budget * parsed.runs)
 

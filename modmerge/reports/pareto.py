@@ -20,19 +20,34 @@ def _mean_std(values: Sequence[float], digits: int = 1) -> str:
     return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
 
 
+def _subject(payload: dict[str, Any]) -> str:
+    # Own-models runs (modmerge.search.api) have no zoo.
+    return f"the `{payload['zoo']}` zoo" if payload.get("zoo") else "the user's models"
+
+
+def _figures(solution: dict[str, Any]) -> dict[str, Any]:
+    """The solution's test figures, or its validation ones when the run had no test split."""
+    return solution["test"] if solution.get("test") is not None else solution["validation"]
+
+
+def _split(payload: dict[str, Any]) -> str:
+    sols = [s for r in payload["runs"] for s in r["solutions"]]
+    return "validation" if sols and all(s.get("test") is None for s in sols) else "test"
+
+
 def summary_markdown(payload: dict[str, Any], baseline_rows: Sequence[dict[str, Any]]) -> str:
     """G1/G2/G3 (mean ± std over runs) against the baselines: storage cost C and test P (x100)."""
     tasks = payload["tasks"]
     backbone = payload["backbone"]
     recipe = payload["recipe"]
     lines = [
-        f"# MERGE-{recipe['method']} on the `{payload['zoo']}` zoo",
+        f"# MERGE-{recipe['method']} on {_subject(payload)}",
         "",
         f"Backbone: {backbone['name']}"
         + (" — **pretrained inside this project**, not a public checkpoint." if backbone["self_pretrained"] else "."),
         f"Search: budget {recipe['budget']}, population {recipe['population']}, granularity {recipe['granularity']}, "
         f"{len(payload['runs'])} run(s), quantisation {recipe['quantization']}. "
-        "C = eq. (8) over the mergeable body (task heads apart); P = test metric x100.",
+        f"C = eq. (8) over the mergeable body (task heads apart); P = {_split(payload)} metric x100.",
         "",
         "| Method | C | " + " | ".join(tasks) + " | Mean |",
         "|---|---|" + "---|" * len(tasks) + "---|",
@@ -47,8 +62,8 @@ def summary_markdown(payload: dict[str, Any], baseline_rows: Sequence[dict[str, 
             lines.append(f"| {label} | - | " + " | ".join("-" for _ in tasks) + " | none qualified |")
             continue
         cost = _mean_std([p["storage_cost"] for p in picked], digits=4)
-        cells = " | ".join(_mean_std([100 * p["test"]["per_task"][t] for p in picked]) for t in tasks)
-        lines.append(f"| {label} | {cost} | {cells} | {_mean_std([100 * p['test']['mean'] for p in picked])} |")
+        cells = " | ".join(_mean_std([100 * _figures(p)["per_task"][t] for p in picked]) for t in tasks)
+        lines.append(f"| {label} | {cost} | {cells} | {_mean_std([100 * _figures(p)['mean'] for p in picked])} |")
     lines += [
         "",
         "G1: least storage whose validation P beats the base method on the whole model; "
@@ -78,15 +93,15 @@ def plot_front(payload: dict[str, Any], baseline_rows: Sequence[dict[str, Any]],
     for i, run in enumerate(payload["runs"]):
         sols = sorted(run["solutions"], key=lambda s: s["storage_cost"])
         ax.step(
-            [s["storage_cost"] for s in sols], [100 * s["test"]["mean"] for s in sols], where="post",
+            [s["storage_cost"] for s in sols], [100 * _figures(s)["mean"] for s in sols], where="post",
             marker="o", markersize=3, label=f"MERGE-{payload['recipe']['method']} run {i}",
         )
     for row in baseline_rows:
         ax.scatter(row["storage_cost"], 100 * row["test_mean"], marker="x")
         ax.annotate(row["name"], (row["storage_cost"], 100 * row["test_mean"]), fontsize=7)
     ax.set_xlabel("normalised storage cost C (eq. 8)")
-    ax.set_ylabel("test performance P (x100)")
-    ax.set_title(f"{payload['zoo']} zoo")
+    ax.set_ylabel(f"{_split(payload)} performance P (x100)")
+    ax.set_title(f"{payload['zoo']} zoo" if payload.get("zoo") else "own models")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -10,7 +10,10 @@ The search works on an abstract :class:`MergeProblem` (storage cost ``C`` exact,
 - :mod:`~modmerge.search.surrogate`: the random-forest predictor of ``P``;
 - :mod:`~modmerge.search.pareto`: non-dominated sorting, crowding, hypervolume (pymoo);
 - :mod:`~modmerge.search.nsga`: the loop (Algorithm 1); :mod:`~modmerge.search.state`: resumable state;
-- :mod:`~modmerge.search.representatives`: G1 / G2 / G3 of Table I.
+- :mod:`~modmerge.search.representatives`: G1 / G2 / G3 of Table I;
+- :mod:`~modmerge.search.outputs`: a run's ``pareto.json`` record and ``RUN_DIR`` files;
+- :mod:`~modmerge.search.driver` (zoo recipes) and :mod:`~modmerge.search.api`
+  (:func:`merge_search` on the user's own models, one evaluator callable per task).
 
 Example::
 
@@ -51,9 +54,11 @@ __all__ = [
     "GroupingMatrix",
     "LocalExecutor",
     "MergeProblem",
+    "ParetoSolution",
     "PerformanceSurrogate",
     "Representatives",
     "SearchConfig",
+    "SearchResult",
     "SearchState",
     "binary_tournament",
     "canonical_column",
@@ -69,6 +74,7 @@ __all__ = [
     "kmeans_population",
     "load_state",
     "make_offspring",
+    "merge_search",
     "mutate",
     "non_dominated",
     "project",
@@ -81,3 +87,13 @@ __all__ = [
     "select_representatives",
     "survival",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The own-models API pulls in checkpoints, merging and the zoo driver: load it on first use,
+    # which also keeps `modmerge.objectives` -> `modmerge.search.grouping` free of an import cycle.
+    if name in ("merge_search", "SearchResult", "ParetoSolution"):
+        from modmerge.search import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'modmerge.search' has no attribute {name!r}")

@@ -17,30 +17,42 @@ Example recipe::
     population: 20
     runs: 1
     baselines: out/baselines/baselines.json   # optional: for G2 and the plot
+
+Or, on the user's own models, instead of ``zoo:`` (paths relative to the recipe file; each
+evaluator is ``package.module:function`` taking a state dict and returning a score, see
+:mod:`modmerge.objectives.models_problem`)::
+
+    pretrained: models/base            # HF dir, .safetensors, hub id
+    models: {sst2: models/sst2, mrpc: models/mrpc-lora}   # PEFT adapter dirs work too
+    evaluators: {sst2: "my_evals:sst2", mrpc: "my_evals:mrpc"}
+    test_evaluators: {sst2: "my_evals:sst2_test", mrpc: "my_evals:mrpc_test"}   # optional
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from modmerge.errors import RecipeError
-from modmerge.objectives.performance import ZooMergeProblem, chain
+from modmerge.objectives.performance import Chain, ZooMergeProblem
 from modmerge.quantization import QuantConfig
 from modmerge.recipes.plan import MethodCall
-from modmerge.recipes.schema import _one_line
-from modmerge.search.config import SearchConfig
+from modmerge.recipes.schema import Rule, _one_line
 from modmerge.search.grouping import GroupingMatrix
-from modmerge.search.nsga import resume_search, run_search
-from modmerge.search.representatives import select_representatives
+from modmerge.search.outputs import (
+    chain_scores,
+    history_record,
+    run_record,
+    run_seeded,
+    whole_model_performance,
+    write_run_dir,
+)
 from modmerge.search.state import GenerationRecord, SearchState
 from modmerge.zoo.store import Zoo, ZooStore
 from modmerge.zoo.taskpool import TaskPool
@@ -53,7 +65,16 @@ class SearchRecipe(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    zoo: str
+    zoo: str | None = None
+    # The own-models form (instead of ``zoo``): checkpoints and one evaluator per task.
+    pretrained: str | None = None
+    models: dict[str, str] | None = None
+    evaluators: dict[str, str] | None = Field(default=None, description="task -> 'package.module:function'")
+    test_evaluators: dict[str, str] | None = Field(default=None, description="optional, same form, for the test figures")
+    statistics: dict[str, str] | None = Field(default=None, description="task -> statistics file (Fisher, RegMean)")
+    architecture: str | None = None
+    rules: list[Rule] = Field(default_factory=list)
+    allow_pickle: bool = False
     method: str = "task_arithmetic"
     parameters: dict[str, Any] = Field(default_factory=dict)
     quantization: dict[str, Any] = Field(default_factory=lambda: {"bits": 8, "granularity": "tensor", "mode": "conditional"})
@@ -73,6 +94,35 @@ class SearchRecipe(BaseModel):
     baselines: str | None = None
     cache_bytes: int = Field(default=2 * 2**30, gt=0)
 
+    @model_validator(mode="after")
+    def _one_form(self) -> SearchRecipe:
+        own = {"pretrained": self.pretrained, "models": self.models, "evaluators": self.evaluators}
+        if self.zoo is not None:
+            given = [k for k, v in {**own, "test_evaluators": self.test_evaluators, "statistics": self.statistics,
+                                    "architecture": self.architecture, "rules": self.rules or None}.items() if v]
+            if given:
+                raise ValueError(f"give either zoo or pretrained/models/evaluators, not both (zoo and {given[0]})")
+            return self
+        missing = [k for k, v in own.items() if v is None]
+        if len(missing) == len(own):
+            raise ValueError("give zoo, or pretrained + models + evaluators")
+        if missing:
+            raise ValueError(f"{missing[0]}: required with pretrained/models (the own-models form)")
+        tasks = list(self.models or {})
+        for field_name in ("evaluators", "test_evaluators", "statistics"):
+            names = getattr(self, field_name)
+            if names is None:
+                continue
+            absent = [t for t in tasks if t not in names]
+            if absent:
+                raise ValueError(f"{field_name}: task '{absent[0]}' of models has none")
+            unknown = [t for t in names if t not in tasks]
+            if unknown:
+                raise ValueError(f"{field_name}: '{unknown[0]}' is not a task of models ({', '.join(tasks)})")
+        if self.executor != "local":
+            raise ValueError("executor: only 'local' runs the own-models form so far")
+        return self
+
     def call(self) -> MethodCall:
         return MethodCall.build(self.method, self.parameters)
 
@@ -89,9 +139,12 @@ def load_search_recipe(path: str | Path, overrides: dict[str, Any] | None = None
         raise RecipeError(f"{path}: recipe file not found") from None
     except yaml.YAMLError:
         raise RecipeError(f"{path}: not valid YAML") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a search recipe must be a mapping of fields, got {type(data).__name__}")
     data = {**data, **{k: v for k, v in (overrides or {}).items() if v is not None}}
     if data.get("baselines") and not Path(data["baselines"]).is_absolute():
         data["baselines"] = str(path.parent / data["baselines"])
+    _resolve_model_paths(data, path.parent)
     try:
         recipe = SearchRecipe.model_validate(data)
         recipe.call()
@@ -102,7 +155,31 @@ def load_search_recipe(path: str | Path, overrides: dict[str, Any] | None = None
         raise RecipeError(f"{path}: {err}") from None
     if recipe.budget < recipe.population:
         raise RecipeError(f"{path}: budget {recipe.budget} is smaller than the population {recipe.population}")
+    if recipe.zoo is None:
+        from modmerge.search.api import resolve_evaluators
+
+        # Imported now so a wrong dotted path fails before any checkpoint is opened.
+        resolve_evaluators(recipe.evaluators or {}, source=f"{path}: evaluators")
+        resolve_evaluators(recipe.test_evaluators or {}, source=f"{path}: test_evaluators")
     return recipe
+
+
+def _resolve_model_paths(data: dict[str, Any], root: Path) -> None:
+    """Local checkpoint paths are relative to the recipe file (hub ids and absolute paths untouched)."""
+
+    def fix(value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        candidate = root / Path(value).expanduser()
+        return str(candidate) if not Path(value).expanduser().is_absolute() and candidate.exists() else value
+
+    if "pretrained" in data:
+        data["pretrained"] = fix(data["pretrained"])
+    for field_name in ("models", "statistics"):
+        if isinstance(data.get(field_name), dict):
+            data[field_name] = {k: fix(v) for k, v in data[field_name].items()}
+    if isinstance(data.get("architecture"), str) and data["architecture"].endswith((".yaml", ".yml")):
+        data["architecture"] = fix(data["architecture"])
 
 
 def _baseline_figures(path: str | None, method: str) -> tuple[float | None, float | None, list[dict]]:
@@ -131,18 +208,10 @@ def run_one(
 
         executor = RayExecutor(zoo.root.parent.parent, recipe.model_dump(), seed=seed, workers=recipe.workers,
                                address=recipe.ray_address, device=recipe.device)
-    config = SearchConfig(
-        hv_storage_ref=float(problem.n_tasks), hv_performance_ref=0.0, population_size=recipe.population,
-        budget=recipe.budget, seed=seed, surrogate=recipe.surrogate, init=recipe.init,
+    state = run_seeded(
+        problem, seed=seed, budget=recipe.budget, population=recipe.population, surrogate=recipe.surrogate,
+        init=recipe.init, run_dir=run_dir, resume=resume, executor=executor, callback=callback,
     )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    state_path = run_dir / "state.json"
-    if resume and state_path.exists():
-        state = resume_search(problem, state_path, executor=executor, callback=callback)
-    else:
-        vectors = problem.unit_task_vectors() if recipe.init == "kmeans" else None
-        state = run_search(problem, config, unit_vectors=vectors, state_path=state_path, callback=callback,
-                           executor=executor)
     if executor is not None:
         executor.close()
     return state, problem
@@ -151,29 +220,31 @@ def run_one(
 def test_metrics(problem: ZooMergeProblem, gs: list[GroupingMatrix], limit: int | None) -> list[dict[str, float]]:
     """Each solution's per-task test metric, with results shared between equal expert chains."""
     pool = TaskPool(problem.zoo, split="test", limit=limit)
-    cache: dict[tuple, float] = {}
-    out = []
-    for g in gs:
-        per_task = {}
-        for t, name in enumerate(problem.task_names):
-            key = (t, chain(g, t, problem.unit_ids))
-            if key not in cache:
-                state: dict = {}
-                for module in key[1]:
-                    state.update(problem.builder.dense(module))
-                cache[key] = pool.evaluate(name, state)
-            per_task[name] = cache[key]
-        out.append(per_task)
-    return out
+
+    def score(task: int, task_chain: Chain) -> float:
+        state: dict = {}
+        for module in task_chain:
+            state.update(problem.builder.dense(module))
+        return pool.evaluate(problem.task_names[task], state)
+
+    return chain_scores(problem, gs, score)
 
 
 def run_search_recipe(
-    recipe: SearchRecipe, out_dir: Path, *, store: ZooStore, resume: bool = False,
+    recipe: SearchRecipe, out_dir: Path, *, store: ZooStore | None = None, resume: bool = False,
     callback: Callable[[int, GenerationRecord], None] | None = None,
 ) -> dict[str, Any]:
-    """All runs of a recipe; writes the outputs and returns the ``pareto.json`` payload."""
-    from modmerge.reports.pareto import plot_front, summary_markdown
+    """All runs of a recipe; writes the outputs and returns the ``pareto.json`` payload.
 
+    A recipe with ``pretrained:`` + ``models:`` runs on the user's own models
+    (:func:`modmerge.search.api.run_models_recipe`); a zoo recipe needs ``store``.
+    """
+    if recipe.zoo is None:
+        from modmerge.search.api import run_models_recipe
+
+        return run_models_recipe(recipe, out_dir, resume=resume, callback=callback).payload
+    if store is None:
+        raise RecipeError(f"zoo recipe '{recipe.zoo}': no zoo store given")
     zoo = store.load(recipe.zoo)
     base_p, best_p, baseline_rows = _baseline_figures(recipe.baselines, recipe.call().method)
     runs, histories = [], []
@@ -184,35 +255,11 @@ def run_search_recipe(
             callback=None if callback is None else (lambda rec, i=i: callback(i, rec)),
         )
         if base_p is None:
-            # F applied to the whole model without quantisation: G1's bar (one evaluation, off budget).
-            whole = problem.evaluate([GroupingMatrix.all_merged(problem.n_tasks, problem.n_units)])[0]
-            base_p = whole.performance
-        pareto = state.pareto()
-        tests = test_metrics(problem, [r.grouping for r in pareto], recipe.test_limit)
-        solutions = [
-            {
-                "grouping": r.grouping.to_list(),
-                "storage_cost": r.storage_cost,
-                "validation": {"mean": r.performance, "per_task": r.per_task},
-                "test": {"mean": float(np.mean(list(t.values()))), "per_task": t},
-                "generation": r.generation,
-            }
-            for r, t in zip(pareto, tests, strict=True)
-        ]
-        reps = select_representatives(
-            [_Sol(s) for s in solutions], base_performance=base_p, best_baseline_performance=best_p
-        )
-        c = problem.counters
-        runs.append({
-            "seed": seed,
-            "solutions": solutions,
-            "representatives": {n: (None if r is None else r.payload) for n, r in zip(("G1", "G2", "G3"), reps.__dict__.values(), strict=True)},
-            "evaluation_cost": {
-                "real_evaluations": c.configurations, "task_runs": c.task_runs, "task_runs_naive": c.task_runs_naive,
-                "modules_built": c.modules_built, "modules_naive": c.modules_naive, "seconds": round(c.seconds, 2),
-            },
-        })
-        histories.append({"seed": seed, "generations": [vars(h) for h in state.history]})
+            base_p = whole_model_performance(problem)
+        tests = test_metrics(problem, [r.grouping for r in state.pareto()], recipe.test_limit)
+        runs.append(run_record(problem, state, seed=seed, tests=tests, base_performance=base_p,
+                               best_baseline_performance=best_p))
+        histories.append(history_record(state, seed))
     payload = {
         "zoo": zoo.name,
         "backbone": zoo.manifest.backbone.model_dump(),
@@ -223,24 +270,5 @@ def run_search_recipe(
         "bars": {"base_method_validation": base_p, "best_baseline_validation": best_p},
         "runs": runs,
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(out_dir / "pareto.json", payload)
-    _write_json(out_dir / "history.json", {"runs": histories})
-    (out_dir / "summary.md").write_text(summary_markdown(payload, baseline_rows))
-    plot_front(payload, baseline_rows, out_dir / "pareto.png")
+    write_run_dir(out_dir, payload, histories, baseline_rows)
     return payload
-
-
-class _Sol:
-    """Adapter so representative selection sees ``performance``/``storage_cost`` (validation P)."""
-
-    def __init__(self, payload: dict[str, Any]) -> None:
-        self.payload = payload
-        self.performance = payload["validation"]["mean"]
-        self.storage_cost = payload["storage_cost"]
-
-
-def _write_json(path: Path, payload: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=float))
-    os.replace(tmp, path)

@@ -1,0 +1,171 @@
+"""What a search run writes, shared by the zoo driver and the own-models API.
+
+One seeded search (:func:`run_seeded`), its record in ``pareto.json`` (:func:`run_record`: the
+Pareto set with validation and test figures, the G1/G2/G3 representatives, the evaluation
+cost) and the run directory (:func:`write_run_dir`: ``pareto.json``, ``history.json``,
+``summary.md``, ``pareto.png``). The problem is anything with the chain-cached shape of
+:class:`~modmerge.objectives.performance.ZooMergeProblem`.
+
+>>> state = run_seeded(problem, seed=0, budget=10, population=5, run_dir=Path("out/run0"))  # doctest: +SKIP
+>>> record = run_record(problem, state, seed=0, tests=None, base_performance=0.8)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from modmerge.objectives.performance import Chain, EvaluationCounters, chain
+from modmerge.search.config import SearchConfig
+from modmerge.search.grouping import GroupingMatrix
+from modmerge.search.nsga import resume_search, run_search
+from modmerge.search.problem import Evaluation, Executor
+from modmerge.search.representatives import select_representatives
+from modmerge.search.state import GenerationRecord, SearchState
+
+
+class ChainProblem(Protocol):
+    """A merge problem whose tasks are scored per expert chain (zoo or own models)."""
+
+    task_names: list[str]
+    unit_ids: list[str]
+    counters: EvaluationCounters
+
+    @property
+    def n_tasks(self) -> int: ...
+
+    @property
+    def n_units(self) -> int: ...
+
+    def storage_cost(self, g: GroupingMatrix) -> float: ...
+
+    def evaluate(self, gs: Sequence[GroupingMatrix]) -> list[Evaluation]: ...
+
+    def unit_task_vectors(self) -> list[np.ndarray]: ...
+
+
+def run_seeded(
+    problem: ChainProblem, *, seed: int, budget: int, population: int, surrogate: bool = True,
+    init: str = "kmeans", run_dir: Path | None = None, resume: bool = False, executor: Executor | None = None,
+    callback: Callable[[GenerationRecord], None] | None = None,
+) -> SearchState:
+    """One seeded search; with ``run_dir`` its state lives in ``run_dir/state.json`` (``resume`` continues it).
+
+    >>> run_seeded(problem, seed=0, budget=10, population=5).pareto()  # doctest: +SKIP
+    """
+    config = SearchConfig(
+        hv_storage_ref=float(problem.n_tasks), hv_performance_ref=0.0, population_size=population,
+        budget=budget, seed=seed, surrogate=surrogate, init=init,  # type: ignore[arg-type]
+    )
+    state_path = None
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        state_path = run_dir / "state.json"
+    if resume and state_path is not None and state_path.exists():
+        return resume_search(problem, state_path, executor=executor, callback=callback)
+    vectors = problem.unit_task_vectors() if init == "kmeans" else None
+    return run_search(problem, config, unit_vectors=vectors, state_path=state_path, callback=callback,
+                      executor=executor)
+
+
+def chain_scores(
+    problem: ChainProblem, gs: Sequence[GroupingMatrix], score: Callable[[int, Chain], float]
+) -> list[dict[str, float]]:
+    """Each solution's per-task ``score(task, chain)``, shared between equal expert chains.
+
+    >>> chain_scores(problem, [g], lambda t, c: 1.0)  # doctest: +SKIP
+    [{'sst2': 1.0, 'mnli': 1.0}]
+    """
+    cache: dict[tuple[int, Chain], float] = {}
+    out = []
+    for g in gs:
+        per_task = {}
+        for t, name in enumerate(problem.task_names):
+            key = (t, chain(g, t, problem.unit_ids))
+            if key not in cache:
+                cache[key] = score(*key)
+            per_task[name] = cache[key]
+        out.append(per_task)
+    return out
+
+
+def whole_model_performance(problem: ChainProblem) -> float:
+    """Validation P of F on the whole model (all tasks merged everywhere): G1's bar, off budget."""
+    return problem.evaluate([GroupingMatrix.all_merged(problem.n_tasks, problem.n_units)])[0].performance
+
+
+def run_record(
+    problem: ChainProblem, state: SearchState, *, seed: int, tests: Sequence[dict[str, float]] | None,
+    base_performance: float | None, best_baseline_performance: float | None = None,
+) -> dict[str, Any]:
+    """One run's entry of ``pareto.json``; ``tests`` (per Pareto solution) None means no test split.
+
+    >>> run_record(problem, state, seed=0, tests=None, base_performance=0.7)["solutions"][0].keys()  # doctest: +SKIP
+    dict_keys(['grouping', 'storage_cost', 'validation', 'test', 'generation'])
+    """
+    pareto = state.pareto()
+    solutions = [
+        {
+            "grouping": r.grouping.to_list(),
+            "storage_cost": r.storage_cost,
+            "validation": {"mean": r.performance, "per_task": r.per_task},
+            "test": None if tests is None else {"mean": float(np.mean(list(tests[i].values()))), "per_task": tests[i]},
+            "generation": r.generation,
+        }
+        for i, r in enumerate(pareto)
+    ]
+    reps = select_representatives(
+        [_Sol(s) for s in solutions], base_performance=base_performance,
+        best_baseline_performance=best_baseline_performance,
+    )
+    c = problem.counters
+    return {
+        "seed": seed,
+        "solutions": solutions,
+        "representatives": {n: (None if r is None else r.payload) for n, r in zip(("G1", "G2", "G3"), reps.__dict__.values(), strict=True)},
+        "evaluation_cost": {
+            "real_evaluations": c.configurations, "task_runs": c.task_runs, "task_runs_naive": c.task_runs_naive,
+            "modules_built": c.modules_built, "modules_naive": c.modules_naive, "seconds": round(c.seconds, 2),
+        },
+    }
+
+
+def history_record(state: SearchState, seed: int) -> dict[str, Any]:
+    """One run's entry of ``history.json``."""
+    return {"seed": seed, "generations": [vars(h) for h in state.history]}
+
+
+def write_run_dir(out_dir: Path, payload: dict[str, Any], histories: list[dict[str, Any]],
+                  baseline_rows: Sequence[dict[str, Any]] = ()) -> None:
+    """Write ``pareto.json``, ``history.json``, ``summary.md`` and ``pareto.png`` under ``out_dir``.
+
+    >>> write_run_dir(Path("out/search"), payload, histories)  # doctest: +SKIP
+    """
+    from modmerge.reports.pareto import plot_front, summary_markdown
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "pareto.json", payload)
+    write_json(out_dir / "history.json", {"runs": histories})
+    (out_dir / "summary.md").write_text(summary_markdown(payload, list(baseline_rows)))
+    plot_front(payload, list(baseline_rows), out_dir / "pareto.png")
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Atomic JSON write (a reader never sees half a file)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=float))
+    os.replace(tmp, path)
+
+
+class _Sol:
+    """Adapter so representative selection sees ``performance``/``storage_cost`` (validation P)."""
+
+    def __init__(self, payload: dict[str, Any]) -> None:
+        self.payload = payload
+        self.performance = payload["validation"]["mean"]
+        self.storage_cost = payload["storage_cost"]
