@@ -53,6 +53,29 @@ class EvaluationCounters:
     seconds: float = 0.0
     per_config_seconds: list[float] = field(default_factory=list)
 
+    def cost_record(self) -> dict[str, float | int]:
+        """The ``evaluation_cost`` entry of a search's ``pareto.json``.
+
+        >>> EvaluationCounters(configurations=2, layer_forwards=9, layer_forwards_naive=12).cost_record()["layer_forwards"]
+        9
+        """
+        return {
+            "real_evaluations": self.configurations, "task_runs": self.task_runs,
+            "task_runs_naive": self.task_runs_naive, "layer_forwards": self.layer_forwards,
+            "layer_forwards_naive": self.layer_forwards_naive, "prefix_hits": self.prefix_hits,
+            "modules_built": self.modules_built, "modules_naive": self.modules_naive, "seconds": round(self.seconds, 2),
+        }
+
+    def progress(self) -> str:
+        """One line for a progress display: how much of the naive work was done.
+
+        >>> EvaluationCounters(task_runs=3, task_runs_naive=4, layer_forwards=9, layer_forwards_naive=24).progress()
+        'task runs 3/4, layer forwards 9/24 (62% saved)'
+        """
+        saved = 1 - self.layer_forwards / self.layer_forwards_naive if self.layer_forwards_naive else 0.0
+        return (f"task runs {self.task_runs}/{self.task_runs_naive}, "
+                f"layer forwards {self.layer_forwards}/{self.layer_forwards_naive} ({100 * saved:.0f}% saved)")
+
 
 def chain(g: GroupingMatrix, task: int, units: Sequence[str]) -> Chain:
     """Task ``task``'s expert chain: per unit, the module of the group it belongs to."""

@@ -93,3 +93,11 @@ def test_lru_cache_evicts_least_recent_and_skips_oversize():
 def test_prefix_keys_grow_by_stage():
     keys = prefix_keys(3, ["e", "a0", "m0", "a1"], [0, 1, 1, 2], n_layers=2)
     assert keys == [(3, ("e", "a0", "m0")), (3, ("e", "a0", "m0", "a1"))]
+
+
+def test_counters_report_layer_forwards(pair):
+    on = pair[0]
+    record = on.counters.cost_record()
+    assert record["layer_forwards"] == on.counters.layer_forwards < record["layer_forwards_naive"]
+    assert record["real_evaluations"] == 6 and record["prefix_hits"] == on.counters.prefix_hits
+    assert f"layer forwards {on.counters.layer_forwards}/" in on.counters.progress()
