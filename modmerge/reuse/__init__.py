@@ -4,5 +4,16 @@ and run the chains in batches (:class:`ReuseEngine`), export one assembled model
 from modmerge.reuse.engine import ReuseEngine, ReuseError
 from modmerge.reuse.evaluate import evaluate_library
 from modmerge.reuse.export import ExportResult, export_model
+from modmerge.reuse.router import (
+    Router,
+    RouterConfig,
+    RouterError,
+    fit_zoo_router,
+    router_features,
+    train_router,
+)
 
-__all__ = ["ExportResult", "ReuseEngine", "ReuseError", "evaluate_library", "export_model"]
+__all__ = [
+    "ExportResult", "ReuseEngine", "ReuseError", "Router", "RouterConfig", "RouterError", "evaluate_library",
+    "export_model", "fit_zoo_router", "router_features", "train_router",
+]
