@@ -1,3 +1,100 @@
-"""`modmerge library ...` commands (registered on the main group by importing this module)."""
+"""`modmerge library build|verify|ls` (registered on the main group by importing this module)."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from modmerge.cli import _CACHE_OPTION, _friendly, _store, err_console, main
+
+_LIB = click.argument("lib_dir", type=click.Path(file_okay=False, path_type=Path))
+
+
+@main.group()
+def library() -> None:
+    """The modular expert library: every Pareto configuration's modules, stored once."""
+
+
+@library.command("build")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@_LIB
+@_CACHE_OPTION
+@_friendly
+def library_build(run_dir: Path, lib_dir: Path, cache: Path | None) -> None:
+    """Store the modular experts of every configuration in RUN_DIR/pareto.json into LIB_DIR (atomic)."""
+    from modmerge.library import build_library
+
+    # Transient: an error then leaves just its one line.
+    bar = Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
+                   TextColumn("{task.completed}/{task.total} modules"), TimeElapsedColumn(), TimeRemainingColumn(),
+                   console=err_console, transient=True)
+    with bar:
+        task = bar.add_task("loading zoo", total=None)
+
+        def advance(done: int, total: int, what: str) -> None:
+            bar.update(task, completed=done, total=total, description=what[-40:])
+
+        lib = build_library(run_dir, lib_dir, zoo_store=_store(cache), progress=advance)
+    blobs = sum(lib.manifest.blob_sizes().values())
+    click.echo(
+        f"wrote {lib.root}: {len(lib.configurations)} configurations, {len(lib.manifest.modules)} modules, "
+        f"{len(lib.manifest.chains)} expert chains, {lib.blob_count} blobs ({blobs / 2**20:.2f} MiB)"
+    )
+
+
+@library.command("verify")
+@_LIB
+@_friendly
+def library_verify(lib_dir: Path) -> None:
+    """Check every blob of LIB_DIR against its sha256; exit 2 listing each problem."""
+    from modmerge.library import Library
+
+    lib = Library.open(lib_dir)
+    problems = lib.verify()
+    if problems:
+        for line in problems:
+            click.echo(f"error: {line}", err=True)
+        raise SystemExit(2)
+    click.echo(f"ok: {lib.blob_count} blobs verified")
+
+
+@library.command("ls")
+@_LIB
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_friendly
+def library_ls(lib_dir: Path, as_json: bool) -> None:
+    """One row per configuration: storage cost (eq. 8), bytes on disk, performance, modules."""
+    from modmerge.library import Library
+
+    lib = Library.open(lib_dir)
+    rows = lib.describe()
+    body = lib.pretrained_body_bytes()
+    heads = sum(t.head_bytes for t in lib.tasks)
+    if as_json:
+        click.echo(json.dumps({"library": str(lib.root), "zoo": lib.manifest.zoo, "pretrained_body_bytes": body,
+                               "head_bytes": heads, "configurations": rows}, indent=2))
+        return
+    table = Table(title=f"{lib.root} (zoo '{lib.manifest.zoo}', {lib.manifest.method['name']})")
+    for col in ("id", "storage cost", "bytes on disk", "disk / (C x body)", "validation", "test", "modules", "chains"):
+        table.add_column(col, justify="left" if col == "id" else "right")
+    for r in rows:
+        table.add_row(r["id"], f"{r['storage_cost']:.4f}", f"{r['bytes_on_disk']:,}", _fmt(r["disk_ratio"], 3),
+                      _fmt(r["validation"]), _fmt(r["test"]), str(r["modules"]), str(r["chains"]))
+    Console().print(table)
+    ratios = [r["disk_ratio"] for r in rows if r["disk_ratio"] is not None]
+    if ratios:
+        click.echo(
+            f"pretrained body (eq. 8's unit): {lib.manifest.body_parameters:,} parameters x 32 bits = {body:,} bytes. "
+            f"disk / (C x body) ranges {min(ratios):.3f}-{max(ratios):.3f}: above 1 is file overhead "
+            f"(safetensors headers, quantisation masks and metadata) that eq. (8) does not count. "
+            f"Task heads add {heads:,} bytes to every configuration."
+        )
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"

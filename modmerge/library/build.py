@@ -1,0 +1,307 @@
+"""`modmerge library build RUN_DIR LIB_DIR`: store every Pareto configuration's modular experts once.
+
+The modules are rebuilt from the zoo with the search's own :class:`ZooMergeProblem` (same method
+F, parameters, quantisation Q, granularity and seed), so each configuration's rebuilt storage cost
+must equal the one in ``pareto.json``; a difference means the zoo changed since the search.
+
+Everything is written into a hidden sibling of ``LIB_DIR`` first, ``manifest.json`` last, and
+then swapped in by renames, so a failed or killed build leaves the previous library (or none),
+never a half-written one.
+
+>>> lib = build_library(Path("runs/vision-ta"), Path("libs/vision-ta"))  # doctest: +SKIP
+>>> [c.id for c in lib.configurations][:2]  # doctest: +SKIP
+['c0', 'c1']
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+
+from modmerge.checkpoints.writer import COPY_PATTERNS
+from modmerge.errors import ModmergeError
+from modmerge.experts.modules import Module, ModuleKey
+from modmerge.library.blobs import write_blob
+from modmerge.library.manifest import (
+    ConfigEntry,
+    LibraryError,
+    LibraryManifest,
+    ModuleEntry,
+    RouterEntry,
+    TaskInfo,
+    chain_id,
+)
+from modmerge.library.store import Library
+from modmerge.objectives.performance import ZooMergeProblem, chain
+from modmerge.recipes.schema import _one_line
+from modmerge.search.grouping import GroupingMatrix
+from modmerge.zoo.store import Zoo, ZooStore
+from modmerge.zoo.taskpool import DEFAULT_MAX_LENGTH, head_kind_keys
+
+logger = logging.getLogger(__name__)
+
+# progress(done, total, what): called after each module is stored.
+Progress = Callable[[int, int, str], None]
+RouterWeights = tuple[Mapping[str, torch.Tensor], Mapping[str, Any]]
+_COST_RTOL = 1e-9
+_BACKBONE_FILES = ("config.json", *COPY_PATTERNS)
+
+
+def build_library(
+    run_dir: str | Path,
+    lib_dir: str | Path,
+    *,
+    zoo_store: ZooStore | None = None,
+    router: RouterWeights | None = None,
+    progress: Progress | None = None,
+) -> Library:
+    """Build (or atomically replace) the expert library ``lib_dir`` from the search run ``run_dir``.
+
+    ``router`` is ``(state_dict, config)``; a ``test_accuracy`` entry of ``config`` goes to the
+    manifest's router record. ``progress(done, total, what)`` is called once per stored module.
+
+    >>> lib = build_library("runs/tiny", "libs/tiny", zoo_store=ZooStore(tmp))  # doctest: +SKIP
+    >>> lib.select(0.5).id  # doctest: +SKIP
+    'c1'
+    """
+    run_dir, lib_dir = Path(run_dir), Path(lib_dir)
+    payload = _read_pareto(run_dir / "pareto.json")
+    zoo = (zoo_store or ZooStore.default()).load(str(payload["zoo"]))
+    lib_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = lib_dir.parent / f".{lib_dir.name}.tmp-{secrets.token_hex(4)}"
+    staging.mkdir()
+    try:
+        manifest = _build_into(staging, run_dir, payload, zoo, router, progress)
+        _write_manifest(staging, manifest)
+        _swap_in(staging, lib_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return Library.open(lib_dir)
+
+
+def _build_into(
+    staging: Path, run_dir: Path, payload: Mapping[str, Any], zoo: Zoo, router: RouterWeights | None,
+    progress: Progress | None,
+) -> LibraryManifest:
+    from modmerge.search.driver import SearchRecipe
+
+    source = run_dir / "pareto.json"
+    try:
+        # The search ran on whatever device it had; module values do not depend on it.
+        recipe = SearchRecipe.model_validate({**payload["recipe"], "device": "cpu"})
+    except ValidationError as err:
+        raise LibraryError(f"{source}: recipe: {_one_line(err)}") from None
+    if list(payload.get("tasks", zoo.tasks)) != zoo.tasks:
+        raise LibraryError(f"{source}: tasks {payload.get('tasks')} differ from zoo '{zoo.name}' tasks {zoo.tasks}")
+    randomized = recipe.call().merge_method.randomized
+    configs = _distinct_configurations(payload, randomized, source)
+    problems: dict[int, ZooMergeProblem] = {}
+    for seed, _, _ in configs:
+        if seed not in problems:
+            # Same construction as the search's run_one, so modules come out bit-identical.
+            problems[seed] = ZooMergeProblem(
+                zoo, recipe.call(), recipe.quant(), granularity=recipe.granularity, limit=recipe.validation_limit,
+                seed=seed, cache_bytes=recipe.cache_bytes, device=recipe.device,
+            )
+    first = next(iter(problems.values()))
+    if list(payload["units"]) != first.unit_ids:
+        raise LibraryError(f"{source}: units differ from zoo '{zoo.name}' (the zoo or its architecture changed)")
+    blobs = staging / "blobs"
+    blobs.mkdir()
+    wanted = {(seed, k) for seed, g, _ in configs for t in range(first.n_tasks) for k in chain(g, t, first.unit_ids)}
+    stored: dict[tuple[int, ModuleKey], str] = {}
+    modules: dict[str, ModuleEntry] = {}
+    chains: dict[str, list[str]] = {}
+    entries: list[ConfigEntry] = []
+    for seed, g, sol in configs:
+        problem = problems[seed]
+        _check_cost(problem, g, float(sol["storage_cost"]), source)
+        per_task: dict[str, str] = {}
+        for t, task in enumerate(problem.task_names):
+            hashes = []
+            for key in chain(g, t, problem.unit_ids):
+                if (seed, key) not in stored:
+                    stored[(seed, key)] = _store_module(blobs, problem.builder.module(key), modules)
+                    if progress is not None:
+                        progress(len(stored), len(wanted), key.id)
+                hashes.append(stored[(seed, key)])
+            cid = chain_id(hashes)
+            chains[cid] = hashes
+            per_task[task] = cid
+        used = sorted({h for cid in per_task.values() for h in chains[cid]})
+        entries.append(ConfigEntry(
+            id="", grouping=g.to_list(), storage_cost=float(sol["storage_cost"]), validation=sol["validation"],
+            test=sol.get("test"), seed=seed, chains=per_task, modules=used,
+        ))
+    entries.sort(key=lambda c: (c.storage_cost, -float(c.validation.get("mean", 0.0))))
+    for i, entry in enumerate(entries):
+        entry.id = f"c{i}"
+    _copy_backbone(zoo, staging / "backbone")
+    return LibraryManifest(
+        zoo=zoo.name,
+        backbone=zoo.manifest.backbone,
+        tasks=_store_heads(zoo, blobs),
+        units=first.unit_ids,
+        unit_keys={u: list(keys) for u, keys in first.units.items()},
+        method={"name": recipe.method, "parameters": dict(recipe.parameters)},
+        quantization=recipe.quant().to_dict(),
+        granularity=recipe.granularity,
+        body_parameters=first.body_parameters,
+        pretrained_body_bits=32 * first.body_parameters,
+        configurations=entries,
+        chains=chains,
+        modules=modules,
+        router=None if router is None else _store_router(blobs, router),
+    )
+
+
+def _read_pareto(path: Path) -> dict[str, Any]:
+    try:
+        payload = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise LibraryError(f"{path}: not found (is {path.parent} a search run directory?)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise LibraryError(f"{path}: not valid JSON ({err})") from None
+    missing = [k for k in ("recipe", "units", "runs") if k not in payload]
+    if missing:
+        raise LibraryError(f"{path}: lacks field '{missing[0]}'")
+    if not payload.get("zoo"):
+        raise LibraryError(f"{path}: the run has no zoo (only zoo search runs can become a library)")
+    return payload
+
+
+def _distinct_configurations(
+    payload: Mapping[str, Any], randomized: bool, source: Path,
+) -> list[tuple[int, GroupingMatrix, dict[str, Any]]]:
+    """(builder seed, grouping, solution) of every Pareto solution of every run, equal groupings once.
+
+    A deterministic method F gives equal modules whatever the run's seed, so equal grouping
+    matrices are one configuration; a randomized F (DARE) gives seed-dependent modules.
+    """
+    seen: set[tuple[int, GroupingMatrix]] = set()
+    out = []
+    first_seed = None
+    for r, run in enumerate(payload["runs"]):
+        seed = int(run.get("seed", r))
+        first_seed = seed if first_seed is None else first_seed
+        builder_seed = seed if randomized else first_seed
+        for s, sol in enumerate(run.get("solutions", [])):
+            try:
+                g = GroupingMatrix.from_array(sol["grouping"])
+                float(sol["storage_cost"])
+            except (KeyError, TypeError, ValueError, ModmergeError) as err:
+                raise LibraryError(f"{source}: runs[{r}].solutions[{s}] is malformed ({err})") from None
+            if (builder_seed, g) not in seen:
+                seen.add((builder_seed, g))
+                out.append((builder_seed, g, sol))
+    if not out:
+        raise LibraryError(f"{source}: no Pareto solutions in any run")
+    return out
+
+
+def _check_cost(problem: ZooMergeProblem, g: GroupingMatrix, recorded: float, source: Path) -> None:
+    rebuilt = problem.storage_cost(g)
+    if abs(rebuilt - recorded) > _COST_RTOL * max(abs(recorded), 1e-30):
+        raise LibraryError(
+            f"{source}: configuration {g.key()} rebuilds with storage cost {rebuilt!r}, pareto.json says "
+            f"{recorded!r} (zoo '{problem.zoo.name}' changed since the search?)"
+        )
+
+
+def _store_module(blobs: Path, module: Module, modules: dict[str, ModuleEntry]) -> str:
+    state: dict[str, torch.Tensor] = {}
+    dtypes: dict[str, str] = {}
+    quantised = 0
+    for name, tensor in module.tensors.items():
+        state.update(tensor.to_state(prefix=name))
+        codes = None if tensor.quantized_part is None else tensor.quantized_part.codes
+        parts = [p for p in (codes, tensor.full_part) if p is not None]
+        dtypes[name] = "+".join(str(p.dtype).removeprefix("torch.") for p in parts)
+        quantised += int(tensor.quantised.sum())
+    digest, nbytes = write_blob(blobs, state)
+    members = list(module.key.members)
+    if digest in modules:
+        # Equal bytes from another group of the same unit (e.g. units no fine-tuning changed).
+        if members not in modules[digest].members:
+            modules[digest].members.append(members)
+    else:
+        modules[digest] = ModuleEntry(unit=module.key.unit, members=[members], bytes=nbytes, dtypes=dtypes,
+                                      quantised_units=quantised, tensors=list(module.tensors))
+    return digest
+
+
+def _store_heads(zoo: Zoo, blobs: Path) -> list[TaskInfo]:
+    """One blob per task head: the classifier plus the body's head-kind keys (BERT's pooler),
+    which belong to each task and are never merged."""
+    pooler_keys = head_kind_keys(zoo)
+    out = []
+    for entry in zoo.manifest.tasks:
+        head = dict(zoo.task_head(entry.name))
+        if pooler_keys:
+            with zoo.task_body(entry.name) as body:
+                head.update({k: body.get(k).clone() for k in pooler_keys if k in body.keys()})
+        digest, nbytes = write_blob(blobs, head)
+        out.append(TaskInfo(
+            name=entry.name, modality=entry.modality, metric=entry.metric,
+            num_labels=int(head["classifier.weight"].shape[0]) if "classifier.weight" in head else len(entry.label_names),
+            pooling=entry.pooling, max_length=int(entry.fine_tuning.get("max_length", DEFAULT_MAX_LENGTH)),
+            labels=list(entry.label_names), head=digest, head_bytes=nbytes,
+        ))
+    return out
+
+
+def _store_router(blobs: Path, router: RouterWeights) -> RouterEntry:
+    state, config = router
+    config = dict(config)
+    accuracy = config.pop("test_accuracy", None)
+    digest, nbytes = write_blob(blobs, state)
+    return RouterEntry(blob=digest, bytes=nbytes, config=config,
+                       test_accuracy=None if accuracy is None else float(accuracy))
+
+
+def _copy_backbone(zoo: Zoo, out: Path) -> None:
+    """The backbone's config and tokenizer/processor files, no weights: enough to build an empty body."""
+    src = zoo.root / zoo.manifest.backbone.path
+    out.mkdir()
+    for f in sorted(src.iterdir()):
+        if f.is_file() and any(fnmatch.fnmatch(f.name, p) for p in _BACKBONE_FILES) and f.suffix != ".safetensors":
+            shutil.copy2(f, out / f.name)
+    if not (out / "config.json").exists():
+        raise LibraryError(f"{src}: backbone has no config.json")
+
+
+def _write_manifest(staging: Path, manifest: LibraryManifest) -> None:
+    tmp = staging / ".manifest.json.tmp"
+    tmp.write_text(manifest.model_dump_json(indent=2))
+    os.replace(tmp, staging / "manifest.json")
+
+
+def _swap_in(staging: Path, lib_dir: Path) -> None:
+    """Rename the finished library into place; an old one is renamed aside first, then removed."""
+    if lib_dir.exists() and not lib_dir.is_dir():
+        raise LibraryError(f"{lib_dir}: exists and is not a directory")
+    if lib_dir.is_dir() and any(lib_dir.iterdir()) and not (lib_dir / "manifest.json").exists():
+        # Never delete a directory that is not one of ours.
+        raise LibraryError(f"{lib_dir}: exists, is not empty and is not an expert library (no manifest.json)")
+    if not lib_dir.exists():
+        os.rename(staging, lib_dir)
+        return
+    old = lib_dir.parent / f".{lib_dir.name}.old-{secrets.token_hex(4)}"
+    os.rename(lib_dir, old)
+    try:
+        os.rename(staging, lib_dir)
+    except BaseException:
+        os.rename(old, lib_dir)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

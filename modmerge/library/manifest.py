@@ -1,0 +1,134 @@
+"""The expert library's manifest: the one JSON file that says what every blob is and who uses it.
+
+``LIB_DIR/manifest.json`` is written last (atomically, see :mod:`modmerge.library.build`), so a
+directory with a valid manifest is a complete library. Blobs are named by the sha256 of their
+bytes; the manifest refers to them by that hash only::
+
+    configurations[i].chains[task] -> chain id -> chains[id] = [module hash per unit, unit order]
+    modules[hash] = {unit, members, bytes, dtypes, quantised_units, tensors}
+    tasks[i].head -> head blob hash;  router.blob -> router blob hash
+
+A chain id is the sha256 of the chain's module hashes joined in unit order, so tasks (and
+configurations) with the same expert chain share one id: the many-to-one task-pattern mapping.
+
+>>> m = LibraryManifest.model_validate_json(Path("lib/manifest.json").read_text())  # doctest: +SKIP
+>>> m.configurations[0].chains["mnist"]  # doctest: +SKIP
+'9f2c...'
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from modmerge.errors import ModmergeError
+from modmerge.zoo.manifest import BackboneInfo
+
+FORMAT = 1
+
+
+class LibraryError(ModmergeError):
+    """An expert library is missing, damaged (tampered or truncated blob) or asked for something it lacks."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TaskInfo(_Model):
+    """What inference needs to know about one task, and its head blob."""
+
+    name: str
+    modality: Literal["text", "image"]
+    metric: str
+    num_labels: int = Field(ge=1)
+    pooling: str
+    max_length: int = Field(description="tokeniser truncation the task was fine-tuned and evaluated with")
+    labels: list[str] = Field(default_factory=list, description="class names, when the zoo has them")
+    head: str = Field(description="blob hash of the head: classifier.* plus the body's head-kind keys (pooler.*)")
+    head_bytes: int = Field(ge=0)
+
+
+class ConfigEntry(_Model):
+    """One Pareto configuration: its grouping matrix, objectives and each task's expert chain."""
+
+    id: str
+    grouping: list[list[int]] = Field(description="T x L grouping matrix, rows = tasks in manifest order")
+    storage_cost: float = Field(description="eq. (8): bits held / bits of one full-precision pretrained body")
+    validation: dict[str, Any]
+    test: dict[str, Any] | None = None
+    seed: int = Field(description="seed of the search run it came from (the ExpertBuilder's seed)")
+    chains: dict[str, str] = Field(description="task -> chain id")
+    modules: list[str] = Field(description="distinct module blob hashes this configuration uses")
+
+
+class ModuleEntry(_Model):
+    """One stored modular expert (a unit merged over a group, then compressed by Q)."""
+
+    unit: str
+    members: list[list[int]] = Field(
+        description="task-index groups whose module has these bytes (usually one; several when equal modules coincide)"
+    )
+    bytes: int = Field(ge=0, description="size of the blob file")
+    dtypes: dict[str, str] = Field(description="tensor name -> stored dtype of its values (codes or full precision)")
+    quantised_units: int
+    tensors: list[str] = Field(description="tensor names of the body this module fills")
+
+
+class RouterEntry(_Model):
+    """The task router's weights (a blob) and its configuration."""
+
+    blob: str
+    bytes: int = Field(ge=0)
+    config: dict[str, Any]
+    test_accuracy: float | None = None
+
+
+class LibraryManifest(_Model):
+    """``LIB_DIR/manifest.json``; the library's single source of truth."""
+
+    format: Literal[1] = FORMAT
+    zoo: str
+    backbone: BackboneInfo
+    tasks: list[TaskInfo]
+    units: list[str]
+    unit_keys: dict[str, list[str]]
+    method: dict[str, Any] = Field(description="{'name': F, 'parameters': {...}}")
+    quantization: dict[str, Any]
+    granularity: str
+    body_parameters: int = Field(description="d of eq. (8): parameters of the merged body (head-kind keys excluded)")
+    pretrained_body_bits: int = Field(description="32 * d: bits of one full-precision pretrained body (eq. 8's unit)")
+    configurations: list[ConfigEntry]
+    chains: dict[str, list[str]]
+    modules: dict[str, ModuleEntry]
+    router: RouterEntry | None = None
+
+    def task(self, name: str) -> TaskInfo:
+        for entry in self.tasks:
+            if entry.name == name:
+                return entry
+        raise LibraryError(f"library of zoo '{self.zoo}' has no task '{name}' (tasks: {', '.join(self.task_names)})")
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def blob_sizes(self) -> dict[str, int]:
+        """Every blob the manifest references -> its recorded size in bytes."""
+        sizes = {h: m.bytes for h, m in self.modules.items()}
+        sizes.update({t.head: t.head_bytes for t in self.tasks})
+        if self.router is not None:
+            sizes[self.router.blob] = self.router.bytes
+        return sizes
+
+
+def chain_id(module_hashes: Sequence[str]) -> str:
+    """The id of an expert chain: sha256 of its module hashes joined in unit order.
+
+    >>> chain_id(["a", "b"]) == chain_id(["a", "b"]) != chain_id(["b", "a"])
+    True
+    """
+    return hashlib.sha256("".join(module_hashes).encode()).hexdigest()
