@@ -21,6 +21,7 @@ from rich.table import Table
 from modmerge.errors import ModmergeError
 
 if TYPE_CHECKING:
+    from modmerge.objectives.performance import EvaluationCounters
     from modmerge.search.state import GenerationRecord
     from modmerge.zoo.store import ZooStore
 
@@ -281,11 +282,13 @@ def search(
     with _task_progress() as bar:
         task = bar.add_task("search", total=parsed.budget * parsed.runs)
 
-        def show(run: int, rec: GenerationRecord) -> None:
+        def show(run: int, rec: GenerationRecord, counters: EvaluationCounters | None = None) -> None:
+            work = "" if counters is None else f" {counters.progress()}"
             bar.update(
                 task, completed=run * parsed.budget + rec.evaluations,
                 description=(f"run {run} gen {rec.generation}: evals {rec.evaluations}/{parsed.budget} "
-                             f"HV {rec.hypervolume:.4f} best P {rec.best_performance:.4f} least C {rec.least_storage:.3f}"),
+                             f"HV {rec.hypervolume:.4f} best P {rec.best_performance:.4f} least C {rec.least_storage:.3f}"
+                             f"{work}"),
             )
 
         payload = run_search_recipe(parsed, out_dir, store=store, resume=resume, callback=show)

@@ -79,6 +79,13 @@ def summary_markdown(payload: dict[str, Any], baseline_rows: Sequence[dict[str, 
         f"against {naive} for a naive evaluator ({100 * (1 - runs / max(naive, 1)):.0f}% saved by the chain cache); "
         f"{sum(c['modules_built'] for c in costs)} modules built against {sum(c['modules_naive'] for c in costs)}."
     )
+    if all(c.get("layer_forwards_naive") for c in costs):  # older runs and own-models runs have none
+        layers, layers_naive = sum(c["layer_forwards"] for c in costs), sum(c["layer_forwards_naive"] for c in costs)
+        lines.append(
+            f"Encoder layer forwards (one = one layer over a task's whole validation subset): {layers} against "
+            f"{layers_naive} for a naive evaluator ({100 * (1 - layers / max(layers_naive, 1)):.0f}% saved by the "
+            f"chain and prefix caches; {sum(c['prefix_hits'] for c in costs)} task runs resumed from cached hidden states)."
+        )
     return "\n".join(lines) + "\n"
 
 

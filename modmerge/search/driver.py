@@ -40,7 +40,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from modmerge.errors import RecipeError
-from modmerge.objectives.performance import Chain, ZooMergeProblem
+from modmerge.objectives.performance import Chain, EvaluationCounters, ZooMergeProblem
 from modmerge.quantization import QuantConfig
 from modmerge.recipes.plan import MethodCall
 from modmerge.recipes.schema import Rule, _one_line
@@ -93,6 +93,7 @@ class SearchRecipe(BaseModel):
     device: str = "cpu"
     baselines: str | None = None
     cache_bytes: int = Field(default=2 * 2**30, gt=0)
+    prefix_cache_bytes: int = Field(default=512 * 2**20, ge=0, description="hidden states by chain prefix; 0 disables")
 
     @model_validator(mode="after")
     def _one_form(self) -> SearchRecipe:
@@ -195,12 +196,12 @@ def _baseline_figures(path: str | None, method: str) -> tuple[float | None, floa
 
 def run_one(
     recipe: SearchRecipe, zoo: Zoo, run_dir: Path, seed: int, *, resume: bool,
-    callback: Callable[[GenerationRecord], None] | None = None,
+    callback: Callable[[GenerationRecord, EvaluationCounters], None] | None = None,
 ) -> tuple[SearchState, ZooMergeProblem]:
     """One seeded search; its state lives in ``run_dir/state.json``."""
     problem = ZooMergeProblem(
         zoo, recipe.call(), recipe.quant(), granularity=recipe.granularity, limit=recipe.validation_limit,
-        seed=seed, cache_bytes=recipe.cache_bytes, device=recipe.device,
+        seed=seed, cache_bytes=recipe.cache_bytes, prefix_cache_bytes=recipe.prefix_cache_bytes, device=recipe.device,
     )
     executor = None
     if recipe.executor == "ray":
@@ -210,7 +211,8 @@ def run_one(
                                address=recipe.ray_address, device=recipe.device)
     state = run_seeded(
         problem, seed=seed, budget=recipe.budget, population=recipe.population, surrogate=recipe.surrogate,
-        init=recipe.init, run_dir=run_dir, resume=resume, executor=executor, callback=callback,
+        init=recipe.init, run_dir=run_dir, resume=resume, executor=executor,
+        callback=None if callback is None else (lambda rec: callback(rec, problem.counters)),
     )
     if executor is not None:
         executor.close()
@@ -232,9 +234,12 @@ def test_metrics(problem: ZooMergeProblem, gs: list[GroupingMatrix], limit: int 
 
 def run_search_recipe(
     recipe: SearchRecipe, out_dir: Path, *, store: ZooStore | None = None, resume: bool = False,
-    callback: Callable[[int, GenerationRecord], None] | None = None,
+    callback: Callable[..., None] | None = None,
 ) -> dict[str, Any]:
     """All runs of a recipe; writes the outputs and returns the ``pareto.json`` payload.
+
+    ``callback(run, record)`` follows every generation; zoo runs also pass the evaluator's
+    :class:`EvaluationCounters` as a third argument (layer forwards done against naive ones).
 
     A recipe with ``pretrained:`` + ``models:`` runs on the user's own models
     (:func:`modmerge.search.api.run_models_recipe`); a zoo recipe needs ``store``.
@@ -252,7 +257,7 @@ def run_search_recipe(
         seed = recipe.seed + i
         state, problem = run_one(
             recipe, zoo, out_dir / f"run{i}", seed, resume=resume,
-            callback=None if callback is None else (lambda rec, i=i: callback(i, rec)),
+            callback=None if callback is None else (lambda rec, counters, i=i: callback(i, rec, counters)),
         )
         if base_p is None:
             base_p = whole_model_performance(problem)

@@ -33,7 +33,7 @@ class _Worker:
         zoo = ZooStore(Path(zoo_root)).load(parsed.zoo)
         self.problem = ZooMergeProblem(
             zoo, parsed.call(), parsed.quant(), granularity=parsed.granularity, limit=parsed.validation_limit,
-            seed=seed, cache_bytes=parsed.cache_bytes, device=device,
+            seed=seed, cache_bytes=parsed.cache_bytes, prefix_cache_bytes=parsed.prefix_cache_bytes, device=device,
         )
 
     def evaluate(self, rows: list[list[list[int]]]) -> list[Evaluation]:

@@ -128,10 +128,7 @@ def run_record(
         "seed": seed,
         "solutions": solutions,
         "representatives": {n: (None if r is None else r.payload) for n, r in zip(("G1", "G2", "G3"), reps.__dict__.values(), strict=True)},
-        "evaluation_cost": {
-            "real_evaluations": c.configurations, "task_runs": c.task_runs, "task_runs_naive": c.task_runs_naive,
-            "modules_built": c.modules_built, "modules_naive": c.modules_naive, "seconds": round(c.seconds, 2),
-        },
+        "evaluation_cost": c.cost_record(),
     }
 
 

@@ -1,0 +1,24 @@
+"""A search on the tiny zoo reports layer forwards in pareto.json, summary.md and the progress callback."""
+
+from __future__ import annotations
+
+import json
+
+from modmerge.search.driver import SearchRecipe, run_search_recipe
+from modmerge.zoo.store import ZooStore
+
+
+def test_search_reports_layer_forwards(tiny_zoo, tmp_path):
+    recipe = SearchRecipe(zoo="tiny", budget=4, population=4, validation_limit=16, test_limit=16, init="random")
+    seen = []
+    payload = run_search_recipe(recipe, tmp_path / "run", store=ZooStore(tiny_zoo.root.parent.parent),
+                                callback=lambda run, rec, counters: seen.append(counters.cost_record()))
+    cost = json.loads((tmp_path / "run" / "pareto.json").read_text())["runs"][0]["evaluation_cost"]
+    assert cost == payload["runs"][0]["evaluation_cost"]
+    # 4 configurations + the off-budget whole-model one, 4 tasks, 2 layers each
+    assert cost["layer_forwards_naive"] == 5 * 4 * 2
+    assert 0 < cost["layer_forwards"] <= cost["task_runs"] * 2
+    assert seen and seen[-1]["layer_forwards"] <= cost["layer_forwards"]
+    summary = (tmp_path / "run" / "summary.md").read_text()
+    assert f"Encoder layer forwards (one = one layer over a task's whole validation subset): {cost['layer_forwards']} " \
+           f"against {cost['layer_forwards_naive']}" in summary
