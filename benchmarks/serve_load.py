@@ -67,7 +67,8 @@ def start_server(args: argparse.Namespace, log: Path) -> tuple[subprocess.Popen,
     port = free_port()
     choice = ["--budget", str(args.budget)] if args.budget is not None else ["--config", args.config or "c0"]
     cmd = [sys.executable, "-m", "modmerge.cli", "serve", str(args.lib_dir), *choice, "--port", str(port),
-           "--max-inputs", str(max(args.batch, 64)), "--queue-size", str(args.queue_size), *args.server_arg]
+           "--max-inputs", str(max(args.batch, 64)), "--queue-size", str(args.queue_size),
+           *(["--cache", args.cache] if args.cache else []), *args.server_arg]
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + args.start_timeout
@@ -203,7 +204,7 @@ def main() -> None:
     p.add_argument("--oracle", action="store_true", help="Send the task label (skip the router).")
     p.add_argument("--inputs", help="JSON-lines inputs; default: the zoo's test split.")
     p.add_argument("--zoo", help="Zoo to draw inputs from (default: the library's).")
-    p.add_argument("--cache", help="Zoo cache directory (default: $MODMERGE_CACHE or the user cache).")
+    p.add_argument("--cache", help="Zoo cache (inputs; and the server's, for routing features).")
     p.add_argument("--per-task", type=int, default=200, help="Test inputs taken per task.")
     p.add_argument("--warmup", type=int, default=2, help="Warm-up requests per task.")
     p.add_argument("--queue-size", type=int, default=64)

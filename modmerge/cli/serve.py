@@ -26,11 +26,15 @@ from modmerge.errors import ModmergeError
 @click.option("--image-root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Only image paths under this folder may be read.")
 @click.option("--cache-bytes", type=int, default=None, help="Bound of the engine's cache of assembled bodies.")
+@click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Zoo cache, read only if the library lacks the pretrained weights routing needs.")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="Torch intra-op threads (default: torch's; 1 is fastest on a crowded machine).")
 @_friendly
 def serve(
     lib_dir: Path, budget: float | None, config_id: str | None, host: str, port: int, allow_remote: bool, device: str,
     max_inputs: int, max_body_bytes: int, queue_size: int, batch_window_ms: float, max_batch: int,
-    image_root: Path | None, cache_bytes: int | None,
+    image_root: Path | None, cache_bytes: int | None, cache: Path | None, threads: int | None,
 ) -> None:
     """Serve the module library LIB_DIR over HTTP: POST /v1/predict, GET /v1/configs, /healthz, /docs."""
     from modmerge.serve import ServeSettings
@@ -47,10 +51,16 @@ def serve(
     from modmerge.library import Library
     from modmerge.reuse import ReuseEngine
     from modmerge.serve import create_app
+    from modmerge.zoo.store import ZooStore
 
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     library = Library.open(lib_dir)
     extra = {} if cache_bytes is None else {"cache_bytes": cache_bytes}
-    engine = ReuseEngine(library, budget=budget, config_id=config_id, device=device, **extra)
+    engine = ReuseEngine(library, budget=budget, config_id=config_id, device=device,
+                         zoo_store=ZooStore(cache) if cache else None, **extra)
     cfg = engine.config
     err_console.print(
         f"serving configuration {cfg.id} of {lib_dir} (storage cost {cfg.storage_cost:.3f}) "
