@@ -67,8 +67,9 @@ def build_library(
 ) -> Library:
     """Build (or atomically replace) the expert library ``lib_dir`` from the search run ``run_dir``.
 
-    ``router`` is ``(state_dict, config)``; a ``test_accuracy`` entry of ``config`` goes to the
-    manifest's router record. ``progress(done, total, what)`` is called once per stored module.
+    ``router`` is ``(Router.to_state(), RouterConfig.to_dict())``, optionally with a
+    ``test_accuracy`` entry in the dict: it goes to ``manifest.router.test_accuracy``, not into the
+    stored config. ``progress(done, total, what)`` is called once per stored module.
 
     >>> lib = build_library("runs/tiny", "libs/tiny", zoo_store=ZooStore(tmp))  # doctest: +SKIP
     >>> lib.select(0.5).id  # doctest: +SKIP
@@ -94,7 +95,7 @@ def _build_into(
     staging: Path, run_dir: Path, payload: Mapping[str, Any], zoo: Zoo, router: RouterWeights | None,
     progress: Progress | None,
 ) -> LibraryManifest:
-    from modmerge.search.driver import SearchRecipe
+    from modmerge.search.driver import SearchRecipe, zoo_problem
 
     source = run_dir / "pareto.json"
     try:
@@ -109,11 +110,8 @@ def _build_into(
     problems: dict[int, ZooMergeProblem] = {}
     for seed, _, _ in configs:
         if seed not in problems:
-            # Same construction as the search's run_one, so modules come out bit-identical.
-            problems[seed] = ZooMergeProblem(
-                zoo, recipe.call(), recipe.quant(), granularity=recipe.granularity, limit=recipe.validation_limit,
-                seed=seed, cache_bytes=recipe.cache_bytes, device=recipe.device,
-            )
+            # The search's own construction, so modules come out bit-identical.
+            problems[seed] = zoo_problem(recipe, zoo, seed)
     first = next(iter(problems.values()))
     if list(payload["units"]) != first.unit_ids:
         raise LibraryError(f"{source}: units differ from zoo '{zoo.name}' (the zoo or its architecture changed)")

@@ -148,14 +148,12 @@ class Library:
         return read_blob(self.blobs_dir, self.manifest.task(task).head, verified=self._verified)
 
     def router_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
-        """(router weights, router config), or None when the library was built without a router."""
+        """(router weights, router config as stored: ``RouterConfig.from_dict`` reads it), or None
+        when the library was built without a router. Its test accuracy is ``manifest.router.test_accuracy``."""
         router = self.manifest.router
         if router is None:
             return None
-        config = dict(router.config)
-        if router.test_accuracy is not None:
-            config.setdefault("test_accuracy", router.test_accuracy)
-        return read_blob(self.blobs_dir, router.blob, verified=self._verified), config
+        return read_blob(self.blobs_dir, router.blob, verified=self._verified), dict(router.config)
 
     # -- integrity and accounting ------------------------------------------------------------
     def verify(self) -> list[str]:

@@ -194,15 +194,23 @@ def _baseline_figures(path: str | None, method: str) -> tuple[float | None, floa
     return base, best, rows
 
 
+def zoo_problem(recipe: SearchRecipe, zoo: Zoo, seed: int) -> ZooMergeProblem:
+    """The MERGE problem of one seeded run on a zoo; the expert library rebuilds modules with it.
+
+    >>> problem = zoo_problem(load_search_recipe("search.yaml"), zoo, seed=0)  # doctest: +SKIP
+    """
+    return ZooMergeProblem(
+        zoo, recipe.call(), recipe.quant(), granularity=recipe.granularity, limit=recipe.validation_limit,
+        seed=seed, cache_bytes=recipe.cache_bytes, prefix_cache_bytes=recipe.prefix_cache_bytes, device=recipe.device,
+    )
+
+
 def run_one(
     recipe: SearchRecipe, zoo: Zoo, run_dir: Path, seed: int, *, resume: bool,
     callback: Callable[[GenerationRecord, EvaluationCounters], None] | None = None,
 ) -> tuple[SearchState, ZooMergeProblem]:
     """One seeded search; its state lives in ``run_dir/state.json``."""
-    problem = ZooMergeProblem(
-        zoo, recipe.call(), recipe.quant(), granularity=recipe.granularity, limit=recipe.validation_limit,
-        seed=seed, cache_bytes=recipe.cache_bytes, prefix_cache_bytes=recipe.prefix_cache_bytes, device=recipe.device,
-    )
+    problem = zoo_problem(recipe, zoo, seed)
     executor = None
     if recipe.executor == "ray":
         from modmerge.search.executors import RayExecutor

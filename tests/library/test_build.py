@@ -150,14 +150,21 @@ def test_changed_storage_cost_means_the_zoo_changed(chosen_run, zoo_store, tmp_p
     assert not (tmp_path / "lib").exists() and siblings(tmp_path / "lib") == []
 
 
-def test_router_weights_are_stored_as_a_blob(chosen_run, zoo_store, tmp_path):
-    state = {"layers.0.weight": torch.randn(8, 32), "layers.0.bias": torch.zeros(8)}
+def test_router_weights_are_stored_as_a_blob(chosen_run, zoo_store, tiny_zoo, tmp_path):
+    from modmerge.reuse.router import Router, RouterConfig
+
+    torch.manual_seed(0)
+    config = RouterConfig(tasks=tuple(tiny_zoo.tasks), in_dim=32, hidden=8)
+    router = Router(config)
+    state = router.to_state()
     lib = build_library(chosen_run, tmp_path / "lib", zoo_store=zoo_store,
-                        router=(state, {"hidden": 8, "tasks": ["a"], "test_accuracy": 0.75}))
-    got, config = lib.router_state()
-    assert all(torch.equal(got[k], v) for k, v in state.items()) and sorted(got) == sorted(state)
-    assert config == {"hidden": 8, "tasks": ["a"], "test_accuracy": 0.75}
-    assert lib.manifest.router.test_accuracy == 0.75 and lib.manifest.router.config == {"hidden": 8, "tasks": ["a"]}
+                        router=(state, {**config.to_dict(), "test_accuracy": 0.75}))
+    got, stored = lib.router_state()
+    assert sorted(got) == sorted(state) and all(torch.equal(got[k], v) for k, v in state.items())
+    assert stored == config.to_dict() and lib.manifest.router.test_accuracy == 0.75
+    again = Router.from_state(got, RouterConfig.from_dict(stored))
+    features = torch.randn(5, 32)
+    assert torch.equal(again.route(features), router.route(features))
     assert len(list(lib.blobs_dir.iterdir())) == lib.blob_count == len(lib.manifest.modules) + len(lib.tasks) + 1
     assert lib.verify() == []
 
