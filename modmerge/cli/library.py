@@ -63,7 +63,7 @@ def library_verify(lib_dir: Path) -> None:
     click.echo(f"ok: {lib.blob_count} blobs verified")
 
 
-@library.command("ls")
+@library.command("ls", short_help="One row per configuration: storage cost, bytes on disk, performance.")
 @_LIB
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @_friendly
