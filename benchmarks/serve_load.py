@@ -169,6 +169,9 @@ async def load(url: str, pool: list[dict], args: argparse.Namespace, pid: int | 
         "rss_mib": None if not rss else {
             "start": round(rss[0] / MIB, 1), "end": round(rss[-1] / MIB, 1), "peak": round(max(rss) / MIB, 1),
             "growth": round((rss[-1] - rss[0]) / MIB, 1), "samples": len(rss),
+            # allocator pools settle early; a leak keeps growing in the second half too
+            "growth_second_half": round((rss[-1] - rss[len(rss) // 2]) / MIB, 1),
+            "trace": [round(r / MIB, 1) for r in rss[:: max(1, len(rss) // 20)]],
         },
     }
 
@@ -187,7 +190,7 @@ def report(result: dict) -> str:
     ]
     if rss:
         lines.append(f"  server RSS MiB: start {rss['start']}  end {rss['end']}  peak {rss['peak']}  "
-                     f"growth {rss['growth']} ({rss['samples']} samples)")
+                     f"growth {rss['growth']} (second half {rss['growth_second_half']}; {rss['samples']} samples)")
     return "\n".join(lines)
 
 
