@@ -101,3 +101,14 @@ def test_counters_report_layer_forwards(pair):
     assert record["layer_forwards"] == on.counters.layer_forwards < record["layer_forwards_naive"]
     assert record["real_evaluations"] == 6 and record["prefix_hits"] == on.counters.prefix_hits
     assert f"layer forwards {on.counters.layer_forwards}/" in on.counters.progress()
+
+
+def test_a_body_without_a_stage_split_runs_whole(tiny_zoo, pair, monkeypatch):
+    from modmerge.zoo import staged
+
+    monkeypatch.delitem(staged.STAGE_SPECS, "BertModel")
+    p = make(tiny_zoo, 64 * 2**20)
+    gs = configurations(p.n_tasks, p.unit_ids)[:3]
+    assert [e.per_task for e in p.evaluate(gs)] == [e.per_task for e in pair[3][:3]]
+    assert p.counters.prefix_hits == 0 and len(p.prefix_cache) == 0
+    assert p.counters.layer_forwards == p.counters.task_runs * p.n_layers
