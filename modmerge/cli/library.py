@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from modmerge.cli import _CACHE_OPTION, _friendly, _store, err_console, main
+from modmerge.cli import _CACHE_OPTION, _friendly, _store, _task_progress, err_console, main
 
 _LIB = click.argument("lib_dir", type=click.Path(file_okay=False, path_type=Path))
 
@@ -24,11 +24,39 @@ def library() -> None:
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @_LIB
 @_CACHE_OPTION
+@click.option("--no-router", is_flag=True, help="Store no router (inputs must then name their task).")
+@click.option("--router-per-task", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Router training examples per task (the paper's setting).")
+@click.option("--router-epochs", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--router-test-limit", type=click.IntRange(min=1), default=None,
+              help="Test examples per task for the router's reported accuracy (default: all).")
+@click.option("--device", default="cpu", show_default=True, help="Device for router features and training.")
 @_friendly
-def library_build(run_dir: Path, lib_dir: Path, cache: Path | None) -> None:
-    """Store the modular experts of every configuration in RUN_DIR/pareto.json into LIB_DIR (atomic)."""
-    from modmerge.library import build_library
+def library_build(run_dir: Path, lib_dir: Path, cache: Path | None, no_router: bool, router_per_task: int,
+                  router_epochs: int, router_test_limit: int | None, device: str) -> None:
+    """Store the modular experts of every configuration in RUN_DIR/pareto.json into LIB_DIR (atomic).
 
+    Unless --no-router, first trains the task router (a 3-layer MLP on the pretrained backbone's
+    features, lr 5e-4) on the zoo's train splits and stores it, with the pretrained body it reads
+    features from, so the library routes inputs without the zoo.
+    """
+    from modmerge.library import build_library
+    from modmerge.library.build import run_zoo_name
+
+    store = _store(cache)
+    router = None
+    if not no_router:
+        from modmerge.reuse.router import RouterConfig, fit_zoo_router
+
+        zoo = store.load(run_zoo_name(run_dir))
+        config = RouterConfig.for_zoo(zoo, per_task=router_per_task, epochs=router_epochs)
+        with _task_progress() as bar:
+            model, report = fit_zoo_router(zoo, config, device=device, progress=bar, test_limit=router_test_limit)
+        click.echo(f"router: test accuracy {report['test_accuracy']:.3f} over {len(config.tasks)} tasks "
+                   f"({report['train_examples']} training examples, {report['seconds']:.0f} s)")
+        summary = {k: v for k, v in report.items() if k != "config"}
+        router = (model.to("cpu").to_state(), {**config.to_dict(), "test_accuracy": report["test_accuracy"],
+                                               "report": summary})
     # Transient: an error then leaves just its one line.
     bar = Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
                    TextColumn("{task.completed}/{task.total} modules"), TimeElapsedColumn(), TimeRemainingColumn(),
@@ -39,7 +67,7 @@ def library_build(run_dir: Path, lib_dir: Path, cache: Path | None) -> None:
         def advance(done: int, total: int, what: str) -> None:
             bar.update(task, completed=done, total=total, description=what[-40:])
 
-        lib = build_library(run_dir, lib_dir, zoo_store=_store(cache), progress=advance)
+        lib = build_library(run_dir, lib_dir, zoo_store=store, router=router, progress=advance)
     blobs = sum(lib.manifest.blob_sizes().values())
     click.echo(
         f"wrote {lib.root}: {len(lib.configurations)} configurations, {len(lib.manifest.modules)} modules, "

@@ -160,8 +160,17 @@ def _build_into(
         configurations=entries,
         chains=chains,
         modules=modules,
-        router=None if router is None else _store_router(blobs, router),
+        router=None if router is None else _store_router(blobs, router, zoo),
     )
+
+
+def run_zoo_name(run_dir: str | Path) -> str:
+    """The zoo a search run directory was made on (validated like a build reads it).
+
+    >>> run_zoo_name("runs/vision-ta")  # doctest: +SKIP
+    'vision'
+    """
+    return str(_read_pareto(Path(run_dir) / "pareto.json")["zoo"])
 
 
 def _read_pareto(path: Path) -> dict[str, Any]:
@@ -259,13 +268,20 @@ def _store_heads(zoo: Zoo, blobs: Path) -> list[TaskInfo]:
     return out
 
 
-def _store_router(blobs: Path, router: RouterWeights) -> RouterEntry:
+def _store_router(blobs: Path, router: RouterWeights, zoo: Zoo) -> RouterEntry:
+    """The router's weights, and the pretrained body it reads features from (full precision):
+    routing an input needs that body, and a library must route without the zoo beside it."""
     state, config = router
     config = dict(config)
     accuracy = config.pop("test_accuracy", None)
+    report = config.pop("report", None) or {}
     digest, nbytes = write_blob(blobs, state)
-    return RouterEntry(blob=digest, bytes=nbytes, config=config,
-                       test_accuracy=None if accuracy is None else float(accuracy))
+    with zoo.backbone() as ckpt:
+        backbone = {k: ckpt.get(k).clone() for k in ckpt.keys()}
+    backbone_digest, backbone_bytes = write_blob(blobs, backbone)
+    return RouterEntry(blob=digest, bytes=nbytes, config=config, report=dict(report),
+                       test_accuracy=None if accuracy is None else float(accuracy),
+                       backbone_blob=backbone_digest, backbone_bytes=backbone_bytes)
 
 
 def _copy_backbone(zoo: Zoo, out: Path) -> None:

@@ -85,6 +85,11 @@ class RouterEntry(_Model):
     bytes: int = Field(ge=0)
     config: dict[str, Any]
     test_accuracy: float | None = None
+    report: dict[str, Any] = Field(default_factory=dict, description="fit_zoo_router's report (per-task accuracy, times)")
+    backbone_blob: str | None = Field(
+        default=None, description="the pretrained body whose features the router reads, so routing needs no zoo"
+    )
+    backbone_bytes: int = Field(default=0, ge=0)
 
 
 class LibraryManifest(_Model):
@@ -122,6 +127,8 @@ class LibraryManifest(_Model):
         sizes.update({t.head: t.head_bytes for t in self.tasks})
         if self.router is not None:
             sizes[self.router.blob] = self.router.bytes
+            if self.router.backbone_blob is not None:
+                sizes[self.router.backbone_blob] = self.router.backbone_bytes
         return sizes
 
 

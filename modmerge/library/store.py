@@ -156,6 +156,14 @@ class Library:
         return read_blob(self.blobs_dir, router.blob, verified=self._verified), dict(router.config)
 
     # -- integrity and accounting ------------------------------------------------------------
+    def router_backbone_state(self) -> dict[str, torch.Tensor] | None:
+        """The pretrained body the router reads features from (hash checked), or None when the
+        library has no router or was built before it stored one."""
+        router = self.manifest.router
+        if router is None or router.backbone_blob is None:
+            return None
+        return read_blob(self.blobs_dir, router.backbone_blob, verified=self._verified)
+
     def verify(self) -> list[str]:
         """Every problem found, one line each: missing, truncated or tampered blobs, and
         references the manifest cannot resolve. Empty when the library is sound.

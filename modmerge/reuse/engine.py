@@ -278,6 +278,9 @@ class ReuseEngine:
     def _pretrained_state(self) -> dict[str, torch.Tensor]:
         from modmerge.checkpoints import open_checkpoint
 
+        stored = getattr(self.library, "router_backbone_state", lambda: None)()
+        if stored is not None:
+            return stored
         backbone = Path(self.library.backbone_dir)
         if any(backbone.glob("*.safetensors")):
             with open_checkpoint(backbone) as ckpt:

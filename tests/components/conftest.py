@@ -7,14 +7,12 @@ may rename on save), so every case is saved and read back. Base models come from
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 import transformers
-from safetensors import safe_open
+from saved_models import read_saved
 from tiny_models import tiny_config
 
 _ONE_LAYER = {
@@ -59,16 +57,6 @@ def _extra_config(name: str) -> transformers.PretrainedConfig:
             num_heads=2,
         )
     return tiny_config(name)
-
-
-def read_saved(directory: Path) -> tuple[dict[str, Any], list[str]]:
-    """(config.json as a dict, tensor names in file order) of a saved HF model directory."""
-    config = json.loads((directory / "config.json").read_text())
-    keys: list[str] = []
-    for file in sorted(directory.glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as handle:
-            keys.extend(handle.keys())
-    return config, keys
 
 
 @pytest.fixture(scope="session")

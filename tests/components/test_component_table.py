@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-from conftest import read_saved
 from safetensors import safe_open
+from saved_models import read_saved
 
 from modmerge.checkpoints.source import Checkpoint, TensorInfo
 from modmerge.components import component_table, decompose, rows_to_json

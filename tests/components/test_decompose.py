@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from conftest import read_saved
+from saved_models import read_saved
 
 from modmerge.components import Component, Rule, decompose, detect_architecture
 from modmerge.errors import ComponentError

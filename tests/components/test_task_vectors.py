@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import read_saved
 from safetensors.torch import load_file
+from saved_models import read_saved
 
 from modmerge.components import decompose, task_vector, unit_task_vectors
 from modmerge.errors import CompatibilityError

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from library_configs import individual_and_mixed
 
 from modmerge.library import Library, build_library
 from modmerge.objectives.performance import ZooMergeProblem
@@ -39,14 +40,6 @@ def problem(tiny_zoo, search_run) -> ZooMergeProblem:
     recipe = json.loads((search_run / "pareto.json").read_text())["recipe"]
     return ZooMergeProblem(tiny_zoo, MethodCall.build(recipe["method"], recipe["parameters"]),
                            QuantConfig.from_dict(recipe["quantization"]), granularity=recipe["granularity"], limit=16)
-
-
-def individual_and_mixed(problem: ZooMergeProblem) -> tuple[GroupingMatrix, GroupingMatrix]:
-    """Every task alone; and the same but unit 0 merged over all tasks (they share T x (L-1) modules)."""
-    ind = GroupingMatrix.individual(problem.n_tasks, problem.n_units)
-    arr = ind.to_array()
-    arr[:, 0] = 0
-    return ind, GroupingMatrix.from_array(arr)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import individual_and_mixed
+from library_configs import individual_and_mixed
 
 import modmerge.library.build as build_mod
 from modmerge.library import Library, LibraryError, build_library, chain_id
@@ -165,7 +165,11 @@ def test_router_weights_are_stored_as_a_blob(chosen_run, zoo_store, tiny_zoo, tm
     again = Router.from_state(got, RouterConfig.from_dict(stored))
     features = torch.randn(5, 32)
     assert torch.equal(again.route(features), router.route(features))
-    assert len(list(lib.blobs_dir.iterdir())) == lib.blob_count == len(lib.manifest.modules) + len(lib.tasks) + 1
+    # router weights, and the pretrained body its features come from (routing needs no zoo)
+    assert len(list(lib.blobs_dir.iterdir())) == lib.blob_count == len(lib.manifest.modules) + len(lib.tasks) + 2
+    backbone = lib.router_backbone_state()
+    with tiny_zoo.backbone() as ckpt:
+        assert sorted(backbone) == sorted(ckpt.keys()) and all(torch.equal(backbone[k], ckpt.get(k)) for k in backbone)
     assert lib.verify() == []
 
 

@@ -6,7 +6,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from conftest import FakeEngine
+from serve_support import FakeEngine
 
 
 def wait_for_depth(client, url, depth, timeout=5.0):

@@ -11,12 +11,25 @@ from modmerge.library import Library
 from modmerge.library.blobs import blob_path
 
 
+def test_build_without_router(chosen_run, zoo_store, tmp_path):
+    result = CliRunner().invoke(main, ["library", "build", str(chosen_run), str(tmp_path / "lib"),
+                                       "--cache", str(zoo_store.root), "--no-router"])
+    assert result.exit_code == 0, result.output
+    assert Library.open(tmp_path / "lib").manifest.router is None and "router:" not in result.output
+
+
 def test_build_ls_verify(chosen_run, zoo_store, tmp_path):
     runner = CliRunner()
     lib_dir = tmp_path / "lib"
-    result = runner.invoke(main, ["library", "build", str(chosen_run), str(lib_dir), "--cache", str(zoo_store.root)])
+    result = runner.invoke(main, ["library", "build", str(chosen_run), str(lib_dir), "--cache", str(zoo_store.root),
+                                  "--router-per-task", "32", "--router-epochs", "2"])
     assert result.exit_code == 0, result.output
     lib = Library.open(lib_dir)
+    # the router is trained by default, with the paper's lr, and stored with its accuracy and report
+    router = lib.manifest.router
+    assert router is not None and router.config["epochs"] == 2 and router.config["lr"] == 5e-4
+    assert f"router: test accuracy {router.test_accuracy:.3f}" in result.output
+    assert router.report["train_examples"] == 32 * len(lib.tasks) and router.backbone_blob is not None
     assert f"2 configurations, {len(lib.manifest.modules)} modules" in result.output
     assert f"{lib.blob_count} blobs" in result.output
 

@@ -6,7 +6,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import live_server
+from serve_support import live_server
 
 from modmerge.library import build_library
 from modmerge.reuse import ReuseEngine, RouterConfig, fit_zoo_router
