@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import time
@@ -105,3 +106,64 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@main.command("evaluate")
+@_LIB
+@click.option("--budget", "budgets", type=float, multiple=True,
+              help="A storage budget pi (repeatable). Default: three budgets along the front.")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["validation", "test"]))
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Examples per task (default: all).")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the rows as JSON here.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Zoo cache holding the library's zoo (its splits are evaluated; default: $MODMERGE_CACHE).")
+@_friendly
+def evaluate(lib_dir: Path, budgets: tuple[float, ...], split: str, limit: int | None, out_path: Path | None,
+             device: str, cache: Path | None) -> None:
+    """The budget table: per budget pi, the configuration chosen, its storage cost, performance with
+    oracle task labels and with the router, and routing accuracy, on the zoo's SPLIT."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from modmerge.reuse import ReuseEngine, evaluate_library
+    from modmerge.zoo.store import ZooStore
+    from modmerge.zoo.taskpool import TaskPool
+
+    lib = _open_library(lib_dir)
+    store = ZooStore(cache) if cache else ZooStore.default()
+    zoo = store.load(lib.manifest.zoo)
+    if not budgets:
+        budgets = _default_budgets([c.storage_cost for c in lib.configurations])
+    pool = TaskPool(zoo, split=split, limit=limit, device=device)
+    has_router = lib.manifest.router is not None
+    rows = []
+    for budget in budgets:
+        chosen = lib.select(budget)
+        engine = ReuseEngine(lib, config_id=chosen.id, device=device, zoo_store=store)
+        row = evaluate_library(lib, chosen.id, zoo, split=split, limit=limit, use_router=has_router,
+                               engine=engine, pool=pool)
+        rows.append({"budget": budget, **row})
+    table = Table(title=f"{lib.root}: {split} split{'' if limit is None else f', first {limit} per task'}")
+    for col in ("budget", "config", "storage cost", "oracle P", "routed P", "routing acc."):
+        table.add_column(col, justify="right")
+    for r in rows:
+        routed = "-" if r["routed_mean"] is None else f"{100 * r['routed_mean']:.1f}"
+        acc = r.get("routing_accuracy")
+        table.add_row(f"{r['budget']:g}", r["config"], f"{r['storage_cost']:.3f}", f"{100 * r['oracle_mean']:.1f}",
+                      routed, "-" if acc is None else f"{100 * acc:.1f}")
+    Console().print(table)
+    if out_path is not None:
+        tmp = out_path.with_name(f".{out_path.name}.tmp-{secrets.token_hex(4)}")
+        tmp.write_text(json.dumps({"library": str(lib.root), "split": split, "limit": limit, "rows": rows},
+                                  indent=2, default=float))
+        os.replace(tmp, out_path)
+
+
+def _default_budgets(costs: list[float]) -> tuple[float, ...]:
+    """Three budgets along the front: the cheapest configuration, the median one, the dearest."""
+    ordered = sorted(costs)
+    picks = [ordered[0], ordered[len(ordered) // 2], ordered[-1]]
+    # rounded up, so a printed budget never falls below the cost it was taken from
+    return tuple(dict.fromkeys(math.ceil(c * 1e6) / 1e6 for c in picks))

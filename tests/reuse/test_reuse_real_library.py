@@ -60,3 +60,31 @@ def test_predict_and_export_from_a_library_directory(built, tiny_zoo, tmp_path):
     with torch.inference_mode():
         logits = torch.cat([model(**tokenizer(s, return_tensors="pt")).logits for s in texts])
     torch.testing.assert_close(logits, torch.tensor([e["logits"] for e in expected]), atol=1e-5, rtol=1e-5)
+
+
+def test_evaluate_command_prints_the_budget_table(built, tiny_zoo, tmp_path):
+    from modmerge.reuse.router import RouterConfig, fit_zoo_router
+
+    lib, _, _, store = built
+    config = RouterConfig.for_zoo(tiny_zoo, per_task=16, epochs=2)
+    router, _ = fit_zoo_router(tiny_zoo, config, test_limit=LIMIT)
+    routed_lib = library.build_library(lib.root.parent / "run", tmp_path / "lib", zoo_store=store,
+                                       router=(router.to_state(), {**config.to_dict(), "test_accuracy": 0.5}))
+    costs = sorted(c.storage_cost for c in routed_lib.configurations)
+    result = CliRunner().invoke(main, ["evaluate", str(tmp_path / "lib"), "--limit", str(LIMIT), "--cache",
+                                       str(store.root), "--out", str(tmp_path / "table.json")],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "table.json").read_text())["rows"]
+    # default budgets: the cheapest, the median and the dearest configuration (rounded up)
+    assert [r["storage_cost"] for r in rows] == [costs[0], costs[len(costs) // 2], costs[-1]][: len(rows)]
+    for row in rows:
+        assert row["storage_cost"] <= row["budget"] and row["routing_accuracy"] is not None
+        expected = evaluate_library(routed_lib, row["config"], tiny_zoo, limit=LIMIT)
+        assert row["oracle_mean"] == pytest.approx(expected["oracle_mean"], abs=1e-12)
+        assert row["routed_mean"] == pytest.approx(expected["routed_mean"], abs=1e-12)
+        assert f"{100 * row['oracle_mean']:.1f}" in result.output and row["config"] in result.output
+    # without a router the routed columns are left empty
+    result = CliRunner().invoke(main, ["evaluate", str(lib.root), "--budget", str(costs[-1] + 1), "--limit", str(LIMIT),
+                                       "--cache", str(store.root)])
+    assert result.exit_code == 0, result.output
