@@ -108,22 +108,29 @@ class Individual:
 
 
 class DynamicMerging:
-    """Per input: router softmax weights -> merge the T task vectors into one body -> run it alone."""
+    """Per input: router softmax weights p -> theta_pre + sum_t p_t tau_t -> run the input alone.
+
+    The T task vectors are stacked as one T x P matrix, so each input's merge is one vector-matrix
+    product (the fastest form of this baseline), then written into the body's parameters.
+    """
 
     def __init__(self, zoo, engine) -> None:
-        from modmerge.zoo.models import body_from_config
+        from modmerge.zoo.models import body_from_config, body_state
 
-        self.engine, self.zoo = engine, zoo
-        self.pre = engine._pretrained_state()
-        keys = [k for k in self.pre if self.pre[k].is_floating_point()]
-        self.keys = keys
-        self.vectors = {}
-        for task in zoo.tasks:
+        self.engine = engine
+        pre = engine._pretrained_state()
+        self.body = body_from_config(zoo.root / zoo.manifest.backbone.path, list(pre)).eval()
+        self.targets = {k: v for k, v in body_state(self.body).items() if v.is_floating_point()}
+        with torch.no_grad():
+            for name, target in body_state(self.body).items():
+                target.copy_(pre[name])
+        self.names = list(self.targets)
+        self.pre = torch.cat([pre[k].float().reshape(-1) for k in self.names])
+        rows = []
+        for task in engine._router[1].tasks:
             with zoo.task_body(task) as ckpt:
-                self.vectors[task] = {k: ckpt.get(k).float() - self.pre[k].float() for k in keys if k in ckpt.keys()}
-        self.body = body_from_config(zoo.root / zoo.manifest.backbone.path, list(self.pre)).eval()
-        self.params = dict(self.body.named_parameters())
-        self.names = [k for k in keys if k in self.params]
+                rows.append(torch.cat([ckpt.get(k).float().reshape(-1) for k in self.names]) - self.pre)
+        self.vectors = torch.stack(rows)
 
     def predict(self, stream: list[tuple[str, object, int]]) -> list[tuple[str, int]]:
         """(task with the largest router weight, its head's label) per input."""
@@ -138,17 +145,18 @@ class DynamicMerging:
             for _, raw, _ in stream:
                 x = [parse_input(as_input(engine.modality, raw), where="x")]
                 if engine.modality == "text":
-                    batch = encode_texts(engine.tokenizer, x, max(t.max_length for t in engine.tasks.values()))
-                    batch = next(iter(eval_batches(batch, 1)))[1]
+                    encoded = encode_texts(engine.tokenizer, x, max(t.max_length for t in engine.tasks.values()))
+                    batch = next(iter(eval_batches(encoded, 1)))[1]
                 else:
                     batch = {"pixel_values": encode_images(x, engine.image_size)}
                 feats = router_features(engine._pretrained_body, batch, config.pooling)
                 probs = torch.softmax(router(feats.float()), -1)[0]  # forward standardises features
-                for name in self.names:  # theta = theta_pre + sum_t p_t tau_t, written in place
-                    merged = self.pre[name].float().clone()
-                    for t, task in enumerate(tasks):
-                        merged.add_(self.vectors[task][name], alpha=float(probs[t]))
-                    self.params[name].copy_(merged)
+                merged = torch.addmv(self.pre, self.vectors.T, probs)
+                offset = 0
+                for name in self.names:
+                    target = self.targets[name]
+                    target.copy_(merged[offset: offset + target.numel()].view_as(target))
+                    offset += target.numel()
                 task = tasks[int(probs.argmax())]
                 hidden = self.body(**batch).last_hidden_state
                 out.append((task, int(engine._head(task)(hidden).argmax(-1))))
