@@ -9,11 +9,12 @@ from modmerge.reuse.router import (
     RouterConfig,
     RouterError,
     fit_zoo_router,
+    router_body,
     router_features,
     train_router,
 )
 
 __all__ = [
     "ExportResult", "ReuseEngine", "ReuseError", "Router", "RouterConfig", "RouterError", "evaluate_library",
-    "export_model", "fit_zoo_router", "router_features", "train_router",
+    "export_model", "fit_zoo_router", "router_body", "router_features", "train_router",
 ]

@@ -38,7 +38,6 @@ from modmerge.reuse.assembly import (
 )
 from modmerge.reuse.inputs import RawInput, encode_images, encode_texts, parse_input, select_rows
 from modmerge.zoo.batching import EncodedTexts, eval_batches
-from modmerge.zoo.models import body_from_config, load_body_state
 from modmerge.zoo.taskpool import DEFAULT_BATCH, DEFAULT_MAX_LENGTH
 
 logger = logging.getLogger(__name__)
@@ -270,10 +269,13 @@ class ReuseEngine:
 
     @cached_property
     def _pretrained_body(self) -> nn.Module:
-        state = self._pretrained_state()
-        body = body_from_config(Path(self.library.backbone_dir), list(state))
-        load_body_state(body, state)
-        return body.to(self.device).eval()
+        """The pretrained body the router reads features from, cut to the router's
+        ``feature_layers`` as :func:`~modmerge.reuse.router.fit_zoo_router` cut it in training."""
+        from modmerge.reuse.router import router_body
+
+        config = self._router[1]
+        return router_body(Path(self.library.backbone_dir), self._pretrained_state(),
+                           config.feature_layers).to(self.device).eval()
 
     def _pretrained_state(self) -> dict[str, torch.Tensor]:
         from modmerge.checkpoints import open_checkpoint

@@ -8,6 +8,12 @@ settings are the defaults: 1,000 examples per task, 30 epochs, learning rate 5e-
 standardised with a mean and std fitted on the training features and saved with the weights,
 so the saved state alone reproduces every route.
 
+``feature_layers`` k reads the features from the backbone truncated to its first k encoder layers
+(then its final norm, as the full model applies it): routing an input then costs k layers, not a
+second full forward beside its expert chain's. :func:`router_body` builds that body, once, for
+both training (:func:`fit_zoo_router`) and routing (the reuse engine), so both see the same
+features.
+
 Example::
 
     >>> config = RouterConfig(tasks=("a", "b"), in_dim=8, epochs=5)
@@ -22,12 +28,12 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -36,6 +42,7 @@ from rich.progress import Progress
 from torch import nn
 
 from modmerge.errors import ModmergeError
+from modmerge.zoo.models import load_body
 from modmerge.zoo.progress import progress_task
 from modmerge.zoo.store import Zoo
 from modmerge.zoo.taskpool import TaskPool
@@ -76,6 +83,7 @@ class RouterConfig:
     weight_decay: float = 0.01
     seed: int = 0
     pooling: RouterPooling = "cls"
+    feature_layers: int | None = None  # None: the whole backbone
 
     def __post_init__(self) -> None:
         tasks = self.tasks
@@ -105,6 +113,9 @@ class RouterConfig:
             object.__setattr__(self, name, float(value))
         if self.pooling not in POOLINGS:
             raise RouterError(f"router config field 'pooling': one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        if self.feature_layers is not None and (not _is_int(self.feature_layers) or self.feature_layers < 1):
+            raise RouterError(f"router config field 'feature_layers': an integer >= 1 or null (all layers), "
+                              f"got {self.feature_layers!r}")
 
     @property
     def n_tasks(self) -> int:
@@ -118,7 +129,9 @@ class RouterConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RouterConfig:
-        """The config written by :meth:`to_dict`; unknown or missing fields are errors.
+        """The config written by :meth:`to_dict`; unknown fields are errors, and so are missing
+        ``tasks`` and ``in_dim``; other missing fields take their defaults (a config stored by an
+        older version has no ``feature_layers``: all layers, as it was trained).
 
         >>> RouterConfig.from_dict({"tasks": ["a"], "in_dim": 4}).hidden
         256
@@ -195,6 +208,25 @@ class Router(nn.Module):
                                   f"the config needs {tuple(tensor.shape)}")
         router.load_state_dict({k: state[k].float() for k in expected})
         return router.eval()
+
+
+def router_body(
+    backbone_dir: Path, state: Mapping[str, torch.Tensor], feature_layers: int | None
+) -> transformers.PreTrainedModel:
+    """The body router features are read from: the pretrained backbone (``backbone_dir``'s
+    config, weights ``state`` under checkpoint names), truncated to its first ``feature_layers``
+    encoder layers (None: all). Extra weights of the layers it drops are ignored.
+
+    >>> body = router_body(zoo.root / "backbone", backbone_state, config.feature_layers)  # doctest: +SKIP
+    >>> router_features(body, {"pixel_values": x}, "cls").shape  # doctest: +SKIP
+    torch.Size([8, 128])
+    """
+    if feature_layers is not None:
+        total = int(transformers.AutoConfig.from_pretrained(backbone_dir).num_hidden_layers)
+        if not 1 <= feature_layers <= total:
+            raise RouterError(f"router config field 'feature_layers': at most the backbone's {total} encoder "
+                              f"layers, got {feature_layers}")
+    return load_body(backbone_dir, state, layers=feature_layers)
 
 
 def router_features(body: nn.Module, batch: Mapping[str, torch.Tensor], pooling: RouterPooling) -> torch.Tensor:
@@ -289,7 +321,8 @@ def fit_zoo_router(
     zoo: Zoo, config: RouterConfig | None = None, *, device: str | torch.device = "cpu",
     progress: Progress | None = None, test_limit: int | None = None,
 ) -> tuple[Router, dict[str, Any]]:
-    """Train a router on ``zoo`` and measure it: features of the PRETRAINED backbone for the first
+    """Train a router on ``zoo`` and measure it: features of the PRETRAINED backbone (its first
+    ``config.feature_layers`` layers, see :func:`router_body`) for the first
     ``config.per_task`` examples of each task's train split (splits are stored shuffled, so this is
     a seeded sample; each task gives min(per_task, its train size)), then routing accuracy on each
     task's test split (its first ``test_limit`` examples when given).
@@ -312,7 +345,14 @@ def fit_zoo_router(
     if hidden_size != config.in_dim:
         raise RouterError(f"router config in_dim {config.in_dim} does not match zoo '{zoo.name}' features "
                           f"(hidden size {hidden_size})")
-    pool_fn = functools.partial(router_features, pooling=config.pooling)
+    with zoo.backbone() as ckpt:
+        backbone = {k: ckpt.get(k).clone() for k in ckpt.keys()}
+    body = router_body(zoo.root / zoo.manifest.backbone.path, backbone, config.feature_layers).to(device)
+    del backbone
+
+    def pool_fn(_pool_body: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        # the pool's own body is the whole backbone; routing reads the (possibly truncated) one
+        return router_features(body, batch, config.pooling)
 
     def features_of(pool: TaskPool, description: str) -> tuple[torch.Tensor, torch.Tensor]:
         feats, labels = [], []

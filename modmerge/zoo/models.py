@@ -14,26 +14,42 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 import transformers
 from torch import nn
 
 from modmerge.checkpoints import open_checkpoint
+from modmerge.components import decompose, detect_architecture
 from modmerge.errors import ModmergeError
 from modmerge.zoo.manifest import Pooling
 
 HEAD_KEYS = ("classifier.weight", "classifier.bias")
 
 
-def body_from_config(model_dir: Path, keys: Collection[str] | None = None) -> transformers.PreTrainedModel:
+def body_from_config(
+    model_dir: Path, keys: Collection[str] | None = None, *, layers: int | None = None
+) -> transformers.PreTrainedModel:
     """An (unfilled) body built from ``model_dir``'s config, in eval mode.
 
     ``AutoModel`` always adds a pooler to BERT and ViT; when ``keys`` (the checkpoint's names) hold
     no ``pooler.*`` the body was saved without one (ViT with ``add_pooling_layer=False``), so it is
     dropped. Random initialisation runs in a forked RNG, leaving the caller's RNG untouched.
+
+    ``layers`` (1 .. the config's ``num_hidden_layers``) builds the body truncated to its first
+    encoder layers: embeddings, layers ``0 .. layers - 1``, then whatever the full model applies
+    after its last layer (ViT's final layernorm, the pooler), as ``num_hidden_layers=layers``.
+
+    >>> body_from_config(zoo.root / "backbone", layers=2).config.num_hidden_layers  # doctest: +SKIP
+    2
     """
     config = transformers.AutoConfig.from_pretrained(model_dir)
+    if layers is not None:
+        total = int(config.num_hidden_layers)
+        if isinstance(layers, bool) or not isinstance(layers, int) or not 1 <= layers <= total:
+            raise ModmergeError(f"{model_dir}: cannot keep {layers!r} encoder layers of {total}")
+        config = transformers.AutoConfig.from_pretrained(model_dir, num_hidden_layers=layers)
     with torch.random.fork_rng(devices=[]):
         body = transformers.AutoModel.from_config(config)
     if keys is not None and getattr(body, "pooler", None) is not None and not any(k.startswith("pooler.") for k in keys):
@@ -41,18 +57,39 @@ def body_from_config(model_dir: Path, keys: Collection[str] | None = None) -> tr
     return body.eval()
 
 
-def load_body(model_dir: Path, state: Mapping[str, torch.Tensor] | None = None) -> transformers.PreTrainedModel:
+def load_body(
+    model_dir: Path, state: Mapping[str, torch.Tensor] | None = None, *, layers: int | None = None
+) -> transformers.PreTrainedModel:
     """Build the body from ``model_dir``'s config; load ``state`` (default: the directory's weights).
 
     Built from the config and filled with :func:`load_body_state` rather than ``from_pretrained``,
-    so loading is strict (every parameter given) and prints no progress bar.
+    so loading is strict (every parameter given) and prints no progress bar. With ``layers`` the
+    body is truncated (see :func:`body_from_config`) and the weights of the encoder layers it
+    does not have are left out of ``state``; everything else must still fit.
+
+    >>> shallow = load_body(zoo.root / "backbone", layers=1)  # doctest: +SKIP
     """
     if state is None:
         with open_checkpoint(model_dir) as ckpt:
             state = {k: ckpt.get(k) for k in ckpt.keys()}
-    body = body_from_config(model_dir, list(state))
+    body = body_from_config(model_dir, list(state), layers=layers)
+    if layers is not None:
+        state = _first_layers(state, body.config, layers)
     load_body_state(body, state)
     return body.eval()
+
+
+def _first_layers(state: Mapping[str, torch.Tensor], config: Any, layers: int) -> dict[str, torch.Tensor]:
+    """``state`` without the tensors of encoder layers ``layers`` and deeper (layer indices come
+    from the architecture's data file, the same map the merges use)."""
+    keys = list(state)
+    cmap = decompose(keys, detect_architecture(config.to_dict(), keys))
+    kept = {}
+    for key, tensor in state.items():
+        layer = cmap.component_of(key).layer
+        if layer is None or layer < layers:
+            kept[key] = tensor
+    return kept
 
 
 def checkpoint_key_map(body: nn.Module) -> dict[str, str]:

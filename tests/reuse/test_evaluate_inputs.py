@@ -15,6 +15,7 @@ from PIL import Image
 from modmerge.reuse.assembly import chain_state
 from modmerge.reuse.evaluate import evaluate_library
 from modmerge.reuse.inputs import InputError, encode_images, load_image, parse_input, read_jsonl
+from modmerge.reuse.router import router_body
 from modmerge.search.grouping import GroupingMatrix
 from modmerge.zoo.taskpool import TaskPool
 
@@ -23,6 +24,7 @@ from modmerge.zoo.taskpool import TaskPool
 class _Config:
     tasks: list
     pooling: str = "cls"
+    feature_layers: int | None = None
 
     @classmethod
     def from_dict(cls, data):
@@ -49,6 +51,7 @@ def fake_router(monkeypatch):
     module = types.ModuleType("modmerge.reuse.router")
     module.Router, module.RouterConfig = _Router, _Config
     module.router_features = lambda body, batch, pooling: body(**batch).last_hidden_state[:, 0]
+    module.router_body = router_body
     monkeypatch.setitem(sys.modules, "modmerge.reuse.router", module)
 
 
