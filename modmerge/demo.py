@@ -116,8 +116,9 @@ def main() -> int:
         ["baselines", "vision", "--out", str(root / "baselines"), "--val-limit", "100", "--test-limit", "500",
          "--points", "2"],
         ["search", str(search_recipe), "--out", str(root / "search")],
+        # router features from the pretrained body's first 2 layers: same routing accuracy here, far cheaper
         ["library", "build", str(root / "search"), str(root / "library"), "--router-per-task", "500",
-         "--router-test-limit", "500"],
+         "--router-test-limit", "500", "--router-feature-layers", "2"],
         ["library", "ls", str(root / "library")],
         ["evaluate", str(root / "library"), "--limit", "500", "--out", str(root / "budgets.json")],
     ]
