@@ -57,6 +57,21 @@ def validate_checkpoints(
                 )
 
 
+def is_finite(tensor: torch.Tensor) -> bool:
+    """True when no entry of ``tensor`` is NaN or Inf (integer tensors always are).
+
+    >>> is_finite(torch.tensor([1.0, float("inf")]))
+    False
+    """
+    if not (tensor.is_floating_point() or tensor.is_complex()):
+        return True
+    if tensor.dtype.itemsize == 1:  # float8 kinds lack isfinite kernels on some builds
+        tensor = tensor.to(torch.float16)
+    # A sum is one fast pass and is finite whenever every entry is (barring overflow of huge
+    # values, which falls through to the exact check): torch.isfinite is ~40x slower on CPU.
+    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
+
+
 def check_finite(tensor: torch.Tensor, *, label: str, key: str) -> None:
     """Raise CheckpointError if a floating tensor holds NaN or Inf.
 
@@ -68,14 +83,10 @@ def check_finite(tensor: torch.Tensor, *, label: str, key: str) -> None:
         ...
         modmerge.errors.CheckpointError: ft: tensor 'w' has NaN/Inf values (1 NaN, 0 Inf)
     """
-    if not (tensor.is_floating_point() or tensor.is_complex()):
+    if is_finite(tensor):
         return
-    if tensor.dtype.itemsize == 1:  # float8 kinds lack isfinite kernels on some builds
+    if tensor.dtype.itemsize == 1:
         tensor = tensor.to(torch.float16)
-    # A sum is one fast pass and is finite whenever every entry is (barring overflow of huge
-    # values, which falls through to the exact check): torch.isfinite is ~40x slower on CPU.
-    if bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all()):
-        return
     n_nan = int(torch.isnan(tensor).sum())
     n_inf = int(torch.isinf(tensor).sum())
     raise CheckpointError(f"{label}: tensor '{key}' has NaN/Inf values ({n_nan} NaN, {n_inf} Inf)")

@@ -18,8 +18,8 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Annotated
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any
 
 import torch
 
@@ -78,10 +78,64 @@ def linear_combination(tensors: Sequence[torch.Tensor], coefficients: Sequence[f
     if not terms:
         return torch.zeros(tensors[0].shape, dtype=torch.float32, device=tensors[0].device)
     first, c0 = terms[0]
+    if first.device.type == "cpu" and first.numel() > _CHUNK and any(t.dtype != torch.float32 for t, _ in terms):
+        return _chunked_combination(terms)
     acc = _scaled_copy(first, c0)
     for tensor, c in terms[1:]:
         acc.add_(tensor, alpha=c)
     return acc
+
+
+# Elements per chunk of a chunked sum: the float32 accumulator chunk (256 KiB) stays in cache.
+_CHUNK = 1 << 16
+
+
+def _chunked_combination(terms: Sequence[tuple[torch.Tensor, float]]) -> torch.Tensor:
+    """:func:`linear_combination` chunk by chunk, with the same operations in the same order per
+    element (so bit-identical). For half-precision inputs on CPU a full-size float32 accumulator
+    makes every term a trip to memory; a cache-sized one is ~2.5x faster."""
+    first = terms[0][0]
+    out = torch.empty(first.shape, dtype=torch.float32)
+    flat_out = out.view(-1)
+    flats = [(t.reshape(-1), c) for t, c in terms]
+    (head, c0), rest = flats[0], flats[1:]
+    for start in range(0, flat_out.numel(), _CHUNK):
+        end = min(start + _CHUNK, flat_out.numel())
+        acc = flat_out[start:end]
+        acc.copy_(head[start:end])
+        if c0 != 1.0:
+            acc.mul_(c0)
+        for tensor, c in rest:
+            acc.add_(tensor[start:end], alpha=c)
+    return out
+
+
+def linear_coefficients(
+    method: str, n_models: int, kwargs: Mapping[str, Any]
+) -> tuple[float, list[float]] | None:
+    """``(base coefficient, model coefficients)`` when ``method`` is a fixed linear combination
+    of its inputs (weight averaging, task arithmetic), else None.
+
+    A caller can then skip the per-input NaN/Inf scan: with every coefficient nonzero, a NaN or
+    Inf in any input reaches the merged value at the same position (finite + c * Inf = Inf,
+    anything + NaN = NaN), so checking the output finds it.
+
+    >>> linear_coefficients("task_arithmetic", 2, {"scaling": 0.5})
+    (0.0, [0.5, 0.5])
+    >>> linear_coefficients("ties", 2, {}) is None
+    True
+    """
+    weights = kwargs.get("weights")
+    w = [1.0] * n_models if weights is None else [float(x) for x in weights]
+    if len(w) != n_models:
+        return None
+    if method == "weight_averaging":
+        total = sum(w)
+        return None if total == 0.0 else (0.0, [x / total for x in w])
+    if method == "task_arithmetic" and "scaling" in kwargs:
+        coefficients = [float(kwargs["scaling"]) * x for x in w]
+        return 1.0 - sum(coefficients), coefficients
+    return None
 
 
 @merge_method(

@@ -106,3 +106,22 @@ def test_bad_inputs_name_the_field(name, kwargs, match):
 def test_shape_mismatch_names_the_model():
     with pytest.raises(MergeMethodError, match="model 1"):
         get_method("task_arithmetic")(torch.zeros(2), [torch.ones(2), torch.ones(3)])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("coefficients", [[0.3, 0.3, 0.3], [1.0, -0.7, 0.0], [1.0, 1.0, 1.0]])
+def test_chunked_half_precision_sum_is_bit_identical_to_the_plain_sum(dtype, coefficients):
+    from modmerge.merging.linear import _CHUNK, linear_combination
+
+    gen = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(3 * _CHUNK + 17, generator=gen).to(dtype) for _ in coefficients]
+    expected = None
+    for t, c in zip(tensors, coefficients, strict=True):
+        if c == 0.0:
+            continue
+        if expected is None:
+            expected = t.to(torch.float32) if c == 1.0 else t.to(torch.float32).mul_(c)
+        else:
+            expected.add_(t, alpha=c)
+    got = linear_combination(tensors, coefficients)
+    assert got.dtype == torch.float32 and torch.equal(got, expected)

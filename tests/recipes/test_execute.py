@@ -107,6 +107,51 @@ def test_nan_weights_abort_without_output(bert_zoo, tmp_path):
     assert not any(p.name.startswith(".out") for p in tmp_path.iterdir())
 
 
+def _with_bad_value(src: Path, dst: Path, value: float) -> str:
+    shutil.copytree(src, dst)
+    weights = load_file(dst / "model.safetensors")
+    key = sorted(weights)[-1]
+    weights[key] = weights[key].clone()
+    weights[key].view(-1)[0] = value
+    save_file(weights, dst / "model.safetensors")
+    return key
+
+
+@pytest.mark.parametrize(
+    ("method", "parameters", "bad_index"),
+    [
+        ("task_arithmetic", {"scaling": 0.5}, 1),  # linear: the output scan finds it, inputs then name it
+        ("task_arithmetic", {"scaling": 0.5}, "base"),  # base coefficient 0 (1 - 2 x 0.5): scanned directly
+        ("weight_averaging", {}, "base"),  # the base is not used by averaging: scanned directly
+        ("task_arithmetic", {"scaling": 0.0}, 1),  # task coefficients 0: every input scanned
+        ("ties", {"density": 0.5}, 0),  # not linear: every input scanned
+    ],
+)
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_nan_or_inf_is_named_whichever_scan_finds_it(bert_zoo, tmp_path, method, parameters, bad_index, value):
+    base, tasks = bert_zoo
+    models = [tasks[0], tasks[1]]
+    if bad_index == "base":
+        base = tmp_path / "bad"
+        key = _with_bad_value(bert_zoo[0], base, value)
+    else:
+        models[bad_index] = tmp_path / "bad"
+        key = _with_bad_value(tasks[bad_index], models[bad_index], value)
+    with pytest.raises(CheckpointError, match=f"bad.*tensor '{key}' has NaN/Inf"):
+        run_recipe(recipe_for(base, models, method=method, parameters=parameters), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_finite_inputs_whose_merge_overflows_are_refused(bert_zoo, tmp_path):
+    base, tasks = bert_zoo
+    big = [tmp_path / "big0", tmp_path / "big1"]
+    key = _with_bad_value(tasks[0], big[0], 3e38)
+    _with_bad_value(tasks[1], big[1], 3e38)
+    with pytest.raises(CheckpointError, match=f"tensor '{key}': the merged values overflow torch.float32"):
+        run_recipe(recipe_for(base, big, method="task_arithmetic", parameters={"scaling": 1.0}), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_mismatched_architecture_is_refused_before_writing(bert_zoo, tiny_zoo_factory, tmp_path):
     base, _ = bert_zoo
     _, gpt2_tasks = tiny_zoo_factory("gpt2", 1)
