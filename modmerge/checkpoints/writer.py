@@ -122,7 +122,7 @@ def write_model_directory(
             (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         if copy_files_from is not None:
             _copy_support_files(Path(copy_files_from), tmp)
-        _move_into_place(tmp, out_dir)
+        move_into_place(tmp, out_dir)
     except BaseException:
         _remove_tree(tmp)
         raise
@@ -186,7 +186,10 @@ def _copy_support_files(src: Path, dst: Path) -> None:
             shutil.copy2(item, dst / item.name)
 
 
-def _move_into_place(tmp: Path, out_dir: Path) -> None:
+def move_into_place(tmp: Path, out_dir: Path) -> None:
+    """Rename the finished directory ``tmp`` to ``out_dir``; an existing ``out_dir`` is renamed
+    aside first (and put back if the rename fails), then removed. Callers decide whether an
+    existing ``out_dir`` may be replaced."""
     if not out_dir.exists():
         os.rename(tmp, out_dir)
         return

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from modmerge.checkpoints.writer import COPY_PATTERNS
+from modmerge.checkpoints.writer import COPY_PATTERNS, move_into_place
 from modmerge.errors import ModmergeError
 from modmerge.experts.modules import Module, ModuleKey
 from modmerge.library.blobs import write_blob
@@ -308,14 +308,4 @@ def _swap_in(staging: Path, lib_dir: Path) -> None:
     if lib_dir.is_dir() and any(lib_dir.iterdir()) and not (lib_dir / "manifest.json").exists():
         # Never delete a directory that is not one of ours.
         raise LibraryError(f"{lib_dir}: exists, is not empty and is not an expert library (no manifest.json)")
-    if not lib_dir.exists():
-        os.rename(staging, lib_dir)
-        return
-    old = lib_dir.parent / f".{lib_dir.name}.old-{secrets.token_hex(4)}"
-    os.rename(lib_dir, old)
-    try:
-        os.rename(staging, lib_dir)
-    except BaseException:
-        os.rename(old, lib_dir)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    move_into_place(staging, lib_dir)

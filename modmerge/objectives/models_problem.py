@@ -45,8 +45,13 @@ from modmerge.components.decompose import Granularity, Rule
 from modmerge.errors import ModmergeError, RecipeError
 from modmerge.experts.modules import ExpertBuilder, ModuleKey
 from modmerge.merging.statistics import load_statistics
-from modmerge.objectives.performance import Chain, EvaluationCounters, chain, modules_of
-from modmerge.objectives.storage import module_storage_cost
+from modmerge.objectives.performance import (
+    Chain,
+    EvaluationCounters,
+    ExpertCosts,
+    chain,
+    modules_of,
+)
 from modmerge.quantization import QuantConfig
 from modmerge.recipes.plan import MethodCall
 from modmerge.search.grouping import GroupingMatrix
@@ -126,7 +131,7 @@ def gram_embeddings(pretrained: Mapping[str, torch.Tensor], tasks: Sequence[Mapp
     return out
 
 
-class ModelsMergeProblem:
+class ModelsMergeProblem(ExpertCosts):
     """The bi-objective MERGE problem on the user's checkpoints: minimise C (eq. 8), maximise P (eq. 7).
 
     ``models`` maps task names to fine-tuned sources (their order is the task order of the
@@ -190,24 +195,6 @@ class ModelsMergeProblem:
         self._results: dict[tuple[int, Chain], float] = {}
         self._module_cost: dict[ModuleKey, float] = {}
         self.counters = EvaluationCounters()
-
-    @property
-    def n_tasks(self) -> int:
-        return len(self.task_names)
-
-    @property
-    def n_units(self) -> int:
-        return len(self.unit_ids)
-
-    def module_cost(self, key: ModuleKey) -> float:
-        """A module's share of eq. (8) (exact: conditional quantisation depends on merged values)."""
-        if key not in self._module_cost:
-            module = self.builder.module(key)
-            self._module_cost[key] = module_storage_cost(module.tensors.values(), d=self.body_parameters)
-        return self._module_cost[key]
-
-    def storage_cost(self, g: GroupingMatrix) -> float:
-        return float(sum(self.module_cost(k) for k in modules_of(g, self.unit_ids)))
 
     def assembled_state(self, task: int, task_chain: Chain) -> State:
         """Task ``task``'s full state dict: ``task_chain``'s modules plus its own kept tensors, in key order.

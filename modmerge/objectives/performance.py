@@ -89,7 +89,40 @@ def modules_of(g: GroupingMatrix, units: Sequence[str]) -> list[ModuleKey]:
     return [ModuleKey(unit=u, members=tuple(m)) for i, u in enumerate(units) for m in g.groups(i)]
 
 
-class ZooMergeProblem:
+class ExpertCosts:
+    """What every MERGE problem over modular experts shares: sizes, and storage cost C (eq. 8)
+    summed over the distinct modules of J(G), each module's cost computed once.
+
+    A subclass sets ``task_names``, ``unit_ids``, ``builder`` (an ExpertBuilder),
+    ``body_parameters`` (d of eq. 8) and an empty ``_module_cost`` dict.
+    """
+
+    task_names: list[str]
+    unit_ids: list[str]
+    builder: ExpertBuilder
+    body_parameters: int
+    _module_cost: dict[ModuleKey, float]
+
+    @property
+    def n_tasks(self) -> int:
+        return len(self.task_names)
+
+    @property
+    def n_units(self) -> int:
+        return len(self.unit_ids)
+
+    def module_cost(self, key: ModuleKey) -> float:
+        """A module's share of eq. (8) (exact: conditional quantisation depends on merged values)."""
+        if key not in self._module_cost:
+            module = self.builder.module(key)
+            self._module_cost[key] = module_storage_cost(module.tensors.values(), d=self.body_parameters)
+        return self._module_cost[key]
+
+    def storage_cost(self, g: GroupingMatrix) -> float:
+        return float(sum(self.module_cost(k) for k in modules_of(g, self.unit_ids)))
+
+
+class ZooMergeProblem(ExpertCosts):
     """The bi-objective MERGE problem on a zoo: minimise C (eq. 8), maximise P (eq. 7)."""
 
     def __init__(
@@ -132,24 +165,6 @@ class ZooMergeProblem:
         self._first_stage = [min(s) for s in stages]
         self._last_stage = [max(s) for s in stages]
         self._staged = staged is not None
-
-    @property
-    def n_tasks(self) -> int:
-        return len(self.task_names)
-
-    @property
-    def n_units(self) -> int:
-        return len(self.unit_ids)
-
-    def module_cost(self, key: ModuleKey) -> float:
-        """A module's share of eq. (8) (exact: conditional quantisation depends on merged values)."""
-        if key not in self._module_cost:
-            module = self.builder.module(key)
-            self._module_cost[key] = module_storage_cost(module.tensors.values(), d=self.body_parameters)
-        return self._module_cost[key]
-
-    def storage_cost(self, g: GroupingMatrix) -> float:
-        return float(sum(self.module_cost(k) for k in modules_of(g, self.unit_ids)))
 
     def task_metric(self, task: int, task_chain: Chain) -> float:
         """Task ``task``'s metric on D'_t with the body assembled from ``task_chain`` (cached), run

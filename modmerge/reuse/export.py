@@ -33,7 +33,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from modmerge.checkpoints.source import TensorInfo
-from modmerge.checkpoints.writer import _move_into_place, write_model_directory
+from modmerge.checkpoints.writer import move_into_place, write_model_directory
 from modmerge.errors import ModmergeError
 from modmerge.reuse.assembly import POOLER_PREFIX, assemble_body
 from modmerge.reuse.engine import ReuseEngine
@@ -103,7 +103,7 @@ def export_model(
         _write(staging, body_state(base), base.config, backbone_dir, True)
         save_file(head_tensors, str(staging / HEAD_FILE), metadata={"pooling": entry.pooling, "task": task})
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        _move_into_place(staging, out_dir)
+        move_into_place(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
