@@ -31,7 +31,7 @@ from modmerge.search.grouping import GroupingMatrix
 from modmerge.search.problem import Evaluation
 from modmerge.zoo.baselines import task_statistics
 from modmerge.zoo.store import Zoo
-from modmerge.zoo.taskpool import TaskPool
+from modmerge.zoo.taskpool import StagedRun, TaskPool
 
 Chain = tuple[ModuleKey, ...]
 
@@ -175,9 +175,19 @@ class ZooMergeProblem(ExpertCosts):
         return self._results[key]
 
     def _run(self, task: int, task_chain: Chain) -> float:
-        use_prefixes = self._staged and self.prefix_cache.enabled
+        run, resumed = self._run_on(self.pool, self.prefix_cache, task, task_chain)
+        c = self.counters
+        c.task_runs += 1
+        c.layer_forwards += run.layers_run
+        c.prefix_hits += resumed
+        return run.metric
+
+    def _run_on(self, pool: TaskPool, cache: PrefixCache, task: int, task_chain: Chain) -> tuple[StagedRun, bool]:
+        """Run ``task_chain`` on ``pool``'s split from the longest prefix ``cache`` holds, keeping
+        the new layers' hidden states there; returns the run and whether it resumed."""
+        use_prefixes = self._staged and cache.enabled
         keys = prefix_keys(task, task_chain, self._first_stage, self.n_layers)
-        done, hidden = self.prefix_cache.longest(keys) if use_prefixes else (-1, None)
+        done, hidden = cache.longest(keys) if use_prefixes else (-1, None)
         start = done + 1
         first_stage = 0 if hidden is None else start + 1
         state: dict[str, torch.Tensor] = {}
@@ -188,15 +198,28 @@ class ZooMergeProblem(ExpertCosts):
                 )
         # The last layer's output only helps the identical chain, which the result cache answers.
         keep = [k for k in range(start, self.n_layers) if keys[k][1] != task_chain] if use_prefixes else []
-        run = self.pool.evaluate_from(self.task_names[task], state, start_layer=start if hidden is not None else 0,
-                                      hidden=hidden, keep_layers=keep)
+        run = pool.evaluate_from(self.task_names[task], state, start_layer=start if hidden is not None else 0,
+                                 hidden=hidden, keep_layers=keep)
         for k in keep:
-            self.prefix_cache.put(keys[k], run.hidden[k])
-        c = self.counters
-        c.task_runs += 1
-        c.layer_forwards += run.layers_run
-        c.prefix_hits += hidden is not None
-        return run.metric
+            cache.put(keys[k], run.hidden[k])
+        return run, hidden is not None
+
+    def split_metrics(
+        self, gs: Sequence[GroupingMatrix], split: str, limit: int | None, *, known: dict | None = None,
+    ) -> list[dict[str, float]]:
+        """Each configuration's per-task metric on another split (the test metrics of the Pareto
+        set), with the search's modules, one run per distinct (task, chain), in prefix-sharing order
+        through a prefix cache of its own. ``known`` maps ``(task, chain)`` to metrics already
+        measured (it is filled in with the new ones)."""
+        known = {} if known is None else known
+        pool = TaskPool(self.zoo, split=split, limit=limit, device=self.pool.device)
+        cache = PrefixCache(self.prefix_cache.max_bytes)
+        chains = [[chain(g, t, self.unit_ids) for t in range(self.n_tasks)] for g in gs]
+        todo = {(t, c) for per_task in chains for t, c in enumerate(per_task)} - set(known)
+        for key in sorted(todo, key=self._run_order):
+            known[key] = self._run_on(pool, cache, *key)[0].metric
+        return [{name: known[(t, c)] for t, (name, c) in enumerate(zip(self.task_names, per_task, strict=True))}
+                for per_task in chains]
 
     def _run_order(self, item: tuple[int, Chain]) -> tuple:
         """Sort key that puts task runs sharing a chain prefix next to each other (depth-first

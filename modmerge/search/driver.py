@@ -40,22 +40,21 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from modmerge.errors import RecipeError
-from modmerge.objectives.performance import Chain, EvaluationCounters, ZooMergeProblem
+from modmerge.objectives.performance import EvaluationCounters, ZooMergeProblem, chain
 from modmerge.quantization import QuantConfig
 from modmerge.recipes.plan import MethodCall
 from modmerge.recipes.schema import Rule, _one_line
 from modmerge.search.grouping import GroupingMatrix
 from modmerge.search.outputs import (
-    chain_scores,
     history_record,
     run_record,
     run_seeded,
     whole_model_performance,
+    write_json,
     write_run_dir,
 )
 from modmerge.search.state import GenerationRecord, SearchState
 from modmerge.zoo.store import Zoo, ZooStore
-from modmerge.zoo.taskpool import TaskPool
 
 logger = logging.getLogger(__name__)
 
@@ -227,17 +226,31 @@ def run_one(
     return state, problem
 
 
-def test_metrics(problem: ZooMergeProblem, gs: list[GroupingMatrix], limit: int | None) -> list[dict[str, float]]:
-    """Each solution's per-task test metric, with results shared between equal expert chains."""
-    pool = TaskPool(problem.zoo, split="test", limit=limit)
-
-    def score(task: int, task_chain: Chain) -> float:
-        state: dict = {}
-        for module in task_chain:
-            state.update(problem.builder.dense(module))
-        return pool.evaluate(problem.task_names[task], state)
-
-    return chain_scores(problem, gs, score)
+def test_metrics(
+    problem: ZooMergeProblem, gs: list[GroupingMatrix], limit: int | None, run_dir: Path | None = None,
+) -> list[dict[str, float]]:
+    """Each solution's per-task test metric (staged forwards with prefix reuse, results shared
+    between equal expert chains). With ``run_dir``, metrics already in its ``test_metrics.json``
+    (same limit) are reused and the new ones written there, so a resumed search does not measure
+    a finished run's Pareto set again."""
+    path = None if run_dir is None else run_dir / "test_metrics.json"
+    known: dict = {}
+    stored: list[dict[str, Any]] = []
+    if path is not None and path.is_file():
+        payload = json.loads(path.read_text())
+        if payload.get("limit") == limit:
+            stored = payload["solutions"]
+            for entry in stored:
+                g = GroupingMatrix.from_array(entry["grouping"])
+                for t, name in enumerate(problem.task_names):
+                    known[(t, chain(g, t, problem.unit_ids))] = entry["test"][name]
+    tests = problem.split_metrics(gs, "test", limit, known=known)
+    if path is not None:
+        seen = {json.dumps(e["grouping"]) for e in stored}
+        stored += [{"grouping": g.to_list(), "test": per_task} for g, per_task in zip(gs, tests, strict=True)
+                   if json.dumps(g.to_list()) not in seen]
+        write_json(path, {"split": "test", "limit": limit, "solutions": stored})
+    return tests
 
 
 def run_search_recipe(
@@ -269,7 +282,7 @@ def run_search_recipe(
         )
         if base_p is None:
             base_p = whole_model_performance(problem)
-        tests = test_metrics(problem, [r.grouping for r in state.pareto()], recipe.test_limit)
+        tests = test_metrics(problem, [r.grouping for r in state.pareto()], recipe.test_limit, out_dir / f"run{i}")
         runs.append(run_record(problem, state, seed=seed, tests=tests, base_performance=base_p,
                                best_baseline_performance=best_p))
         histories.append(history_record(state, seed))

@@ -72,3 +72,24 @@ def test_unit_embedding_keeps_task_vector_geometry(ta_problem):
         [torch.cat([(s[k].double() - p.pretrained[k].double()).reshape(-1) for k in keys]) for s in p.builder.tasks]
     )
     np.testing.assert_allclose(vectors[0] @ vectors[0].T, (taus @ taus.T).numpy(), rtol=1e-6, atol=1e-9)
+
+
+def test_split_metrics_match_full_forwards_on_the_test_split(ta_problem, tiny_zoo):
+    p = ta_problem
+    rng = np.random.default_rng(3)
+    gs = [GroupingMatrix.all_merged(p.n_tasks, p.n_units),
+          GroupingMatrix.from_array(rng.integers(0, 2, (p.n_tasks, p.n_units))),
+          GroupingMatrix.from_array(rng.integers(0, 2, (p.n_tasks, p.n_units)))]
+    known: dict = {}
+    tests = p.split_metrics(gs, "test", 24, known=known)
+    pool = TaskPool(tiny_zoo, split="test", limit=24)
+    for g, per_task in zip(gs, tests, strict=True):
+        for t, task in enumerate(tiny_zoo.tasks):
+            state = {}
+            for module in chain(g, t, p.unit_ids):
+                state.update(p.builder.dense(module))
+            assert per_task[task] == pool.evaluate(task, state)  # staged + prefix reuse: bit for bit
+    assert len(known) == len({(t, chain(g, t, p.unit_ids)) for g in gs for t in range(p.n_tasks)})
+    # known metrics are not measured again
+    fake = {key: -1.0 for key in known}
+    assert p.split_metrics(gs[:1], "test", 24, known=fake)[0] == dict.fromkeys(tiny_zoo.tasks, -1.0)

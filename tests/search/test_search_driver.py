@@ -36,8 +36,14 @@ def test_search_writes_outputs_and_resumes_to_the_same_front(tiny_zoo, tmp_path)
             for b in sols
         )
     assert payload["runs"][0]["representatives"]["G3"] is not None
+    stored = json.loads((tmp_path / "run" / "run0" / "test_metrics.json").read_text())
+    assert [s["grouping"] for s in stored["solutions"]] == [s["grouping"] for s in sols]
+    for entry in stored["solutions"]:  # a resumed search reads the finished run's test metrics back
+        entry["test"] = dict.fromkeys(entry["test"], 0.125)
+    (tmp_path / "run" / "run0" / "test_metrics.json").write_text(json.dumps(stored))
     again = run_search_recipe(recipe, tmp_path / "run", store=store, resume=True)
     assert [s["grouping"] for s in again["runs"][0]["solutions"]] == [s["grouping"] for s in sols]
+    assert {s["test"]["mean"] for s in again["runs"][0]["solutions"]} == {0.125}
 
 
 @pytest.mark.parametrize(
