@@ -64,17 +64,19 @@ def summary_markdown(payload: dict[str, Any], baseline_rows: Sequence[dict[str, 
         cost = _mean_std([p["storage_cost"] for p in picked], digits=4)
         cells = " | ".join(_mean_std([100 * _figures(p)["per_task"][t] for p in picked]) for t in tasks)
         lines.append(f"| {label} | {cost} | {cells} | {_mean_std([100 * _figures(p)['mean'] for p in picked])} |")
+    bars = payload.get("bars", {})
     lines += [
         "",
         "G1: least storage whose validation P beats the base method on the whole model; "
         "G2: least storage beating the best baseline's validation P; G3: highest validation P.",
+        _bars_line(bars, payload["recipe"].get("validation_limit")),
     ]
     costs = [r["evaluation_cost"] for r in payload["runs"]]
     runs = sum(c["task_runs"] for c in costs)
     naive = sum(c["task_runs_naive"] for c in costs)
     lines.append(
-        f"Evaluation cost: {sum(c['real_evaluations'] for c in costs)} real evaluations (the budget, plus one "
-        "off-budget evaluation of F on the whole model per run when no baselines file is given), "
+        f"Evaluation cost: {sum(c['real_evaluations'] for c in costs)} real evaluations (the budget, plus the "
+        "off-budget evaluation of F on the whole model), "
         f"{runs} task runs "
         f"against {naive} for a naive evaluator ({100 * (1 - runs / max(naive, 1)):.0f}% saved by the chain cache); "
         f"{sum(c['modules_built'] for c in costs)} modules built against {sum(c['modules_naive'] for c in costs)}."
@@ -87,6 +89,24 @@ def summary_markdown(payload: dict[str, Any], baseline_rows: Sequence[dict[str, 
             f"chain and prefix caches; {sum(c['prefix_hits'] for c in costs)} task runs resumed from cached hidden states)."
         )
     return "\n".join(lines) + "\n"
+
+
+def _bars_line(bars: dict[str, Any], validation_limit: int | None) -> str:
+    """Where G1's and G2's bars come from, and whether they were measured on the same subset.
+
+    >>> _bars_line({"base_method_validation": 0.5, "best_baseline_validation": 0.6,
+    ...             "best_baseline_validation_limit": 100}, 200)[:40]
+    'Bars (validation P x100): F on the whole'
+    """
+    def pct(value: Any) -> str:
+        return "-" if value is None else f"{100 * value:.1f}"
+
+    line = (f"Bars (validation P x100): F on the whole model {pct(bars.get('base_method_validation'))} "
+            f"(this search's subset); best baseline {pct(bars.get('best_baseline_validation'))}")
+    limit = bars.get("best_baseline_validation_limit")
+    if limit is not None and limit != validation_limit:
+        line += f" (measured on the first {limit} validation examples per task, this search uses {validation_limit})"
+    return line + "."
 
 
 def plot_front(payload: dict[str, Any], baseline_rows: Sequence[dict[str, Any]], path: Path) -> None:

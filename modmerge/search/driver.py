@@ -193,6 +193,13 @@ def _baseline_figures(path: str | None, method: str) -> tuple[float | None, floa
     return base, best, rows
 
 
+def _baselines_val_limit(path: str | None) -> int | None:
+    """The validation subset size the baselines file chose hyperparameters on (None if unknown)."""
+    if not path:
+        return None
+    return json.loads(Path(path).read_text()).get("protocol", {}).get("val_limit")
+
+
 def zoo_problem(recipe: SearchRecipe, zoo: Zoo, seed: int) -> ZooMergeProblem:
     """The MERGE problem of one seeded run on a zoo; the expert library rebuilds modules with it.
 
@@ -272,7 +279,10 @@ def run_search_recipe(
     if store is None:
         raise RecipeError(f"zoo recipe '{recipe.zoo}': no zoo store given")
     zoo = store.load(recipe.zoo)
-    base_p, best_p, baseline_rows = _baseline_figures(recipe.baselines, recipe.call().method)
+    # G1's bar is F on the whole model measured on this search's own validation subset (the
+    # baselines file may use other hyperparameters or another subset); G2's is the file's best.
+    _, best_p, baseline_rows = _baseline_figures(recipe.baselines, recipe.call().method)
+    base_p: float | None = None
     runs, histories = [], []
     for i in range(recipe.runs):
         seed = recipe.seed + i
@@ -293,7 +303,8 @@ def run_search_recipe(
         "recipe": recipe.model_dump(),
         "units": problem.unit_ids,
         "hv_reference": {"storage": float(problem.n_tasks), "performance": 0.0},
-        "bars": {"base_method_validation": base_p, "best_baseline_validation": best_p},
+        "bars": {"base_method_validation": base_p, "best_baseline_validation": best_p,
+                 "best_baseline_validation_limit": _baselines_val_limit(recipe.baselines)},
         "runs": runs,
     }
     write_run_dir(out_dir, payload, histories, baseline_rows)

@@ -22,3 +22,6 @@ def test_search_reports_layer_forwards(tiny_zoo, tmp_path):
     summary = (tmp_path / "run" / "summary.md").read_text()
     assert f"Encoder layer forwards (one = one layer over a task's whole validation subset): {cost['layer_forwards']} " \
            f"against {cost['layer_forwards_naive']}" in summary
+    # G1's bar is measured on this search's own validation subset, and the summary says so
+    assert payload["bars"]["base_method_validation"] is not None
+    assert f"F on the whole model {100 * payload['bars']['base_method_validation']:.1f} (this search's subset)" in summary
