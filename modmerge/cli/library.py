@@ -30,14 +30,17 @@ def library() -> None:
 @click.option("--router-epochs", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--router-test-limit", type=click.IntRange(min=1), default=None,
               help="Test examples per task for the router's reported accuracy (default: all).")
-@click.option("--router-feature-layers", type=click.IntRange(min=1), default=None,
+@click.option("--router-feature-layers", type=click.IntRange(min=0), default=None,
               help="Router features from the pretrained backbone's first K encoder layers (default: all); "
-                   "routing then costs K layers per input, not a full forward.")
+                   "routing then costs K layers per input, not a full forward (0: embeddings only, needs "
+                   "--router-pooling mean).")
+@click.option("--router-pooling", type=click.Choice(["cls", "mean"]), default=None,
+              help="How router features pool tokens (default: mean for texts, cls for images).")
 @click.option("--device", default="cpu", show_default=True, help="Device for router features and training.")
 @_friendly
 def library_build(run_dir: Path, lib_dir: Path, cache: Path | None, no_router: bool, router_per_task: int,
                   router_epochs: int, router_test_limit: int | None, router_feature_layers: int | None,
-                  device: str) -> None:
+                  router_pooling: str | None, device: str) -> None:
     """Store the modular experts of every configuration in RUN_DIR/pareto.json into LIB_DIR (atomic).
 
     Unless --no-router, first trains the task router (a 3-layer MLP on the pretrained backbone's
@@ -54,7 +57,8 @@ def library_build(run_dir: Path, lib_dir: Path, cache: Path | None, no_router: b
 
         zoo = store.load(run_zoo_name(run_dir))
         config = RouterConfig.for_zoo(zoo, per_task=router_per_task, epochs=router_epochs,
-                                      feature_layers=router_feature_layers)
+                                      feature_layers=router_feature_layers,
+                                      **({"pooling": router_pooling} if router_pooling else {}))
         with _task_progress() as bar:
             model, report = fit_zoo_router(zoo, config, device=device, progress=bar, test_limit=router_test_limit)
         click.echo(f"router: test accuracy {report['test_accuracy']:.3f} over {len(config.tasks)} tasks "

@@ -269,8 +269,9 @@ def _store_heads(zoo: Zoo, blobs: Path) -> list[TaskInfo]:
 
 
 def _store_router(blobs: Path, router: RouterWeights, zoo: Zoo) -> RouterEntry:
-    """The router's weights, and the pretrained body it reads features from (full precision):
-    routing an input needs that body, and a library must route without the zoo beside it."""
+    """The router's weights, and the pretrained body it reads features from (full precision, cut
+    to the router's ``feature_layers``): routing an input needs that body, and a library must
+    route without the zoo beside it."""
     state, config = router
     config = dict(config)
     accuracy = config.pop("test_accuracy", None)
@@ -278,6 +279,13 @@ def _store_router(blobs: Path, router: RouterWeights, zoo: Zoo) -> RouterEntry:
     digest, nbytes = write_blob(blobs, state)
     with zoo.backbone() as ckpt:
         backbone = {k: ckpt.get(k).clone() for k in ckpt.keys()}
+    layers = config.get("feature_layers")
+    if layers is not None:  # a router that reads k layers needs only the body cut there
+        from modmerge.reuse.router import router_body
+        from modmerge.zoo.models import body_state
+
+        body = router_body(zoo.root / zoo.manifest.backbone.path, backbone, layers)
+        backbone = {k: v.detach().clone() for k, v in body_state(body).items()}
     backbone_digest, backbone_bytes = write_blob(blobs, backbone)
     return RouterEntry(blob=digest, bytes=nbytes, config=config, report=dict(report),
                        test_accuracy=None if accuracy is None else float(accuracy),

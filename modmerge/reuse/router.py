@@ -10,7 +10,8 @@ so the saved state alone reproduces every route.
 
 ``feature_layers`` k reads the features from the backbone truncated to its first k encoder layers
 (then its final norm, as the full model applies it): routing an input then costs k layers, not a
-second full forward beside its expert chain's. :func:`router_body` builds that body, once, for
+second full forward beside its expert chain's. k = 0 reads the embedding layer's output alone (a
+bag of token or patch embeddings; it needs ``mean`` pooling, as the CLS embedding is constant). :func:`router_body` builds that body, once, for
 both training (:func:`fit_zoo_router`) and routing (the reuse engine), so both see the same
 features.
 
@@ -113,9 +114,12 @@ class RouterConfig:
             object.__setattr__(self, name, float(value))
         if self.pooling not in POOLINGS:
             raise RouterError(f"router config field 'pooling': one of {', '.join(POOLINGS)}, got {self.pooling!r}")
-        if self.feature_layers is not None and (not _is_int(self.feature_layers) or self.feature_layers < 1):
-            raise RouterError(f"router config field 'feature_layers': an integer >= 1 or null (all layers), "
+        if self.feature_layers is not None and (not _is_int(self.feature_layers) or self.feature_layers < 0):
+            raise RouterError(f"router config field 'feature_layers': an integer >= 0 or null (all layers), "
                               f"got {self.feature_layers!r}")
+        if self.feature_layers == 0 and self.pooling == "cls":
+            raise RouterError("router config: feature_layers 0 reads the embeddings, whose first (CLS) token does "
+                              "not depend on the input; use pooling 'mean'")
 
     @property
     def n_tasks(self) -> int:
@@ -223,7 +227,7 @@ def router_body(
     """
     if feature_layers is not None:
         total = int(transformers.AutoConfig.from_pretrained(backbone_dir).num_hidden_layers)
-        if not 1 <= feature_layers <= total:
+        if not 0 <= feature_layers <= total:
             raise RouterError(f"router config field 'feature_layers': at most the backbone's {total} encoder "
                               f"layers, got {feature_layers}")
     return load_body(backbone_dir, state, layers=feature_layers)

@@ -37,9 +37,10 @@ def body_from_config(
     no ``pooler.*`` the body was saved without one (ViT with ``add_pooling_layer=False``), so it is
     dropped. Random initialisation runs in a forked RNG, leaving the caller's RNG untouched.
 
-    ``layers`` (1 .. the config's ``num_hidden_layers``) builds the body truncated to its first
+    ``layers`` (0 .. the config's ``num_hidden_layers``) builds the body truncated to its first
     encoder layers: embeddings, layers ``0 .. layers - 1``, then whatever the full model applies
-    after its last layer (ViT's final layernorm, the pooler), as ``num_hidden_layers=layers``.
+    after its last layer (ViT's final layernorm, the pooler), as ``num_hidden_layers=layers``
+    (0: the embeddings alone).
 
     >>> body_from_config(zoo.root / "backbone", layers=2).config.num_hidden_layers  # doctest: +SKIP
     2
@@ -47,7 +48,7 @@ def body_from_config(
     config = transformers.AutoConfig.from_pretrained(model_dir)
     if layers is not None:
         total = int(config.num_hidden_layers)
-        if isinstance(layers, bool) or not isinstance(layers, int) or not 1 <= layers <= total:
+        if isinstance(layers, bool) or not isinstance(layers, int) or not 0 <= layers <= total:
             raise ModmergeError(f"{model_dir}: cannot keep {layers!r} encoder layers of {total}")
         config = transformers.AutoConfig.from_pretrained(model_dir, num_hidden_layers=layers)
     with torch.random.fork_rng(devices=[]):

@@ -55,7 +55,7 @@ def backbone(request, tmp_path_factory):
     return arch, out, batch
 
 
-@pytest.mark.parametrize("k", [1, 2, LAYERS])
+@pytest.mark.parametrize("k", [0, 1, 2, LAYERS])
 def test_truncated_features_are_the_full_models_hidden_states_after_k_layers(backbone, k):
     arch, model_dir, batch = backbone
     full = load_body(model_dir)
@@ -67,9 +67,11 @@ def test_truncated_features_are_the_full_models_hidden_states_after_k_layers(bac
     assert (shallow.pooler is None) == (arch == "vit")  # the full model's pooling parts are kept as saved
     with torch.inference_mode():
         torch.testing.assert_close(shallow(**batch).last_hidden_state, expected, atol=1e-6, rtol=1e-6)
-    pooling = "mean" if arch == "bert" else "cls"
+    pooling = "mean" if arch == "bert" or k == 0 else "cls"
     feats = router_features(shallow, batch, pooling)
-    if arch == "bert":
+    if pooling == "mean" and arch == "vit":
+        by_hand = expected.mean(1)
+    elif arch == "bert":
         mask = batch["attention_mask"].unsqueeze(-1).float()
         by_hand = (expected * mask).sum(1) / mask.sum(1)
     else:
@@ -96,11 +98,17 @@ def test_truncated_body_needs_the_weights_it_keeps(backbone):
     router_body(model_dir, {k: v for k, v in state.items() if not k.startswith("encoder.layer.2.")}, 2)
 
 
-@pytest.mark.parametrize("value", [0, -1, True, 1.5, "2"])
+@pytest.mark.parametrize("value", [-1, True, 1.5, "2"])
 def test_feature_layers_validation_names_the_field(value):
     with pytest.raises(RouterError, match="router config field 'feature_layers'") as info:
         RouterConfig(tasks=("a", "b"), in_dim=4, feature_layers=value)
     assert "\n" not in str(info.value)
+
+
+def test_embeddings_only_router_needs_mean_pooling():
+    with pytest.raises(RouterError, match="feature_layers 0 reads the embeddings.*use pooling 'mean'"):
+        RouterConfig(tasks=("a", "b"), in_dim=4, feature_layers=0, pooling="cls")
+    assert RouterConfig(tasks=("a", "b"), in_dim=4, feature_layers=0, pooling="mean").feature_layers == 0
 
 
 def test_feature_layers_round_trips_and_older_configs_mean_all_layers():
@@ -137,6 +145,8 @@ def test_engine_routes_a_shallow_library_as_computed_by_hand(shallow_lib, tiny_z
     state, stored = engine.library.router_state()
     config = RouterConfig.from_dict(stored)
     assert config.feature_layers == 1 and engine._pretrained_body.config.num_hidden_layers == 1
+    # the library keeps only the body the router reads: no weights of layers >= 1
+    assert not any(k.startswith("encoder.layer.1.") for k in engine.library.router_backbone_state())
     router = Router.from_state(state, config)
     full = load_body(tiny_zoo.root / tiny_zoo.manifest.backbone.path)  # all layers; read the first by hand
     texts = [s for t in tiny_zoo.tasks for s in tiny_zoo.task_data(t)["test"]["inputs"][:6]]
@@ -149,3 +159,19 @@ def test_engine_routes_a_shallow_library_as_computed_by_hand(shallow_lib, tiny_z
             by_hand.append(config.tasks[int(router.route(hidden.mean(1)))])
     assert len(set(by_hand)) > 1  # the check means something only if the router does not send all one way
     assert [r["task"] for r in engine.predict([{"text": s} for s in texts])] == by_hand
+
+
+def test_embeddings_only_router_library_routes_through_the_engine(shallow_lib, tiny_zoo):
+    store = ZooStore(tiny_zoo.root.parent.parent)
+    out = shallow_lib.parent / "lib0"
+    args = ["library", "build", str(shallow_lib.parent / "run"), str(out), "--cache", str(store.root),
+            "--router-feature-layers", "0", "--router-per-task", "32", "--router-epochs", "3", "--router-test-limit", "8"]
+    refused = CliRunner().invoke(main, [*args, "--router-pooling", "cls"])
+    assert refused.exit_code != 0 and "use pooling 'mean'" in refused.output and not out.exists()
+    result = CliRunner().invoke(main, [*args, "--router-pooling", "mean"])
+    assert result.exit_code == 0, result.output
+    engine = ReuseEngine(out)
+    assert engine._pretrained_body.config.num_hidden_layers == 0
+    assert not any(k.startswith("encoder.") for k in engine.library.router_backbone_state())
+    texts = [s for t in tiny_zoo.tasks for s in tiny_zoo.task_data(t)["test"]["inputs"][:3]]
+    assert len(engine.predict([{"text": s} for s in texts])) == len(texts)
