@@ -1,6 +1,7 @@
 """Raw inputs of the reuse stage: validation, JSON-lines reading, and encoding for a backbone.
 
-An input is ``{"text": str}`` or ``{"image": path | array}``, optionally with ``"task"`` (the
+An input is ``{"text": str}``, ``{"image": path | array}`` or ``{"image_b64": str}`` (an image
+file's bytes, base64-encoded: how a client uploads one), optionally with ``"task"`` (the
 oracle task pattern for that input: the router is skipped for it) and ``"id"`` (echoed back).
 Images are read as the zoo's image tasks store them: greyscale, the backbone's image size,
 float32 in [0, 1] (``uint8 / 255.0``, the same expression the zoo's datasets use, so a PNG of a
@@ -14,6 +15,9 @@ Example::
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,7 +30,7 @@ import torch
 from modmerge.errors import ModmergeError
 from modmerge.zoo.batching import EncodedTexts, pixel_values, tokenize
 
-ALLOWED_FIELDS = frozenset({"text", "image", "task", "id"})
+ALLOWED_FIELDS = frozenset({"text", "image", "image_b64", "task", "id"})
 
 
 class InputError(ModmergeError):
@@ -53,19 +57,35 @@ def parse_input(item: Any, *, where: str) -> RawInput:
         raise InputError(f"{where}: expected an object like {{\"text\": ...}}, got {type(item).__name__}")
     unknown = sorted(set(item) - ALLOWED_FIELDS)
     if unknown:
-        raise InputError(f"{where}: unknown field {unknown[0]!r} (fields: text or image, optional task, id)")
-    kinds = [k for k in ("text", "image") if k in item]
+        raise InputError(f"{where}: unknown field {unknown[0]!r} (fields: text, image or image_b64, optional task, id)")
+    kinds = [k for k in ("text", "image", "image_b64") if k in item]
     if len(kinds) != 1:
-        raise InputError(f"{where}: needs exactly one of 'text' or 'image'")
+        raise InputError(f"{where}: needs exactly one of 'text', 'image' or 'image_b64'")
     kind, value = kinds[0], item[kinds[0]]
     if kind == "text" and not isinstance(value, str):
         raise InputError(f"{where}: 'text' must be a string")
-    if kind == "image" and not isinstance(value, str | Path | np.ndarray | torch.Tensor):
+    if kind == "image_b64":
+        kind, value = "image", decode_image_b64(value, where=where)
+    if kind == "image" and not isinstance(value, str | Path | bytes | np.ndarray | torch.Tensor):
         raise InputError(f"{where}: 'image' must be a file path or an array")
     task = item.get("task")
     if task is not None and not isinstance(task, str):
         raise InputError(f"{where}: 'task' must be a string")
     return RawInput(kind=kind, value=value, task=task, id=item.get("id"))
+
+
+def decode_image_b64(value: Any, *, where: str) -> bytes:
+    """The image file bytes of an ``image_b64`` field (standard base64, padding required).
+
+    >>> decode_image_b64("iVBORw==", where="input 0")[:4]
+    b'\\x89PNG'
+    """
+    if not isinstance(value, str):
+        raise InputError(f"{where}: 'image_b64' must be a base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise InputError(f"{where}: 'image_b64' is not valid base64") from None
 
 
 def read_jsonl(path: Path) -> list[RawInput]:
@@ -90,7 +110,7 @@ def read_jsonl(path: Path) -> list[RawInput]:
         except json.JSONDecodeError as err:
             raise InputError(f"{path} line {number}: not valid JSON ({err.msg})") from None
         raw = parse_input(item, where=f"{path} line {number}")
-        if raw.kind == "image" and not Path(raw.value).is_absolute():
+        if raw.kind == "image" and isinstance(raw.value, str) and not Path(raw.value).is_absolute():
             # relative image paths are relative to the input file, so a dataset directory travels
             raw = RawInput(raw.kind, str(path.parent / raw.value), raw.task, raw.id)
         out.append(raw)
@@ -98,7 +118,7 @@ def read_jsonl(path: Path) -> list[RawInput]:
 
 
 def load_image(value: Any, size: tuple[int, int], *, where: str) -> torch.Tensor:
-    """A greyscale H x W float32 image in [0, 1] from a file path or an array.
+    """A greyscale H x W float32 image in [0, 1] from a file path, an image file's bytes or an array.
 
     uint8 data is divided by 255 exactly as the zoo's datasets do; float arrays are taken as
     already in [0, 1]. Images of another size are resized (bilinear) to ``size`` (H, W).
@@ -116,6 +136,12 @@ def load_image(value: Any, size: tuple[int, int], *, where: str) -> torch.Tensor
             raise InputError(f"{where}: image file {value} not found") from None
         except OSError as err:
             raise InputError(f"{where}: cannot read image {value} ({type(err).__name__})") from None
+    elif isinstance(value, bytes):
+        try:
+            with Image.open(io.BytesIO(value)) as img:
+                array = np.asarray(_sized(img.convert("L"), size))
+        except OSError:
+            raise InputError(f"{where}: image_b64 holds no readable image ({len(value)} bytes)") from None
     else:
         array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
         array = np.squeeze(array)

@@ -8,21 +8,24 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Input(BaseModel):
-    """One input: a text, or an image given as a path the server can read."""
+    """One input: a text, an image given as a path the server can read, or an uploaded image (base64)."""
 
     model_config = ConfigDict(extra="forbid")
 
     text: str | None = None
     image: str | None = Field(None, description="Path of an image file on the server.")
+    image_b64: str | None = Field(None, description="An image file's bytes (PNG, JPEG, ...), base64-encoded.")
 
     @model_validator(mode="after")
     def _one_kind(self) -> Input:
-        if (self.text is None) == (self.image is None):
-            raise ValueError("give exactly one of 'text' or 'image'")
+        if sum(x is not None for x in (self.text, self.image, self.image_b64)) != 1:
+            raise ValueError("give exactly one of 'text', 'image' or 'image_b64'")
         return self
 
     def as_engine_input(self) -> dict[str, str]:
-        return {"text": self.text} if self.text is not None else {"image": str(self.image)}
+        if self.text is not None:
+            return {"text": self.text}
+        return {"image": str(self.image)} if self.image is not None else {"image_b64": str(self.image_b64)}
 
 
 class PredictRequest(BaseModel):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import sys
 import types
 from dataclasses import dataclass
@@ -98,12 +100,19 @@ def test_png_of_a_zoo_image_gives_the_zoo_pixels(tmp_path):
     assert load_image(tmp_path / "big.png", (28, 28), where="x").shape == (28, 28)
     raw = parse_input({"image": str(tmp_path / "x.png")}, where="input 0")
     assert encode_images([raw], (28, 28)).shape == (1, 1, 28, 28)
+    # an uploaded PNG (base64) gives the same pixels as the file
+    uploaded = parse_input({"image_b64": base64.b64encode((tmp_path / "x.png").read_bytes()).decode()}, where="in 1")
+    assert uploaded.kind == "image" and torch.equal(load_image(uploaded.value, (28, 28), where="x"), zoo_tensor)
+    with pytest.raises(InputError, match="in 0: image_b64 holds no readable image"):
+        encode_images([parse_input({"image_b64": base64.b64encode(b"not a png").decode()}, where="in 2")], (28, 28),
+                      where="in")
 
 
 @pytest.mark.parametrize(
     ("item", "needle"),
     [([1], "expected an object"), ({"text": "a", "image": "b"}, "exactly one of"), ({}, "exactly one of"),
-     ({"image": 3}, "file path or an array"), ({"text": "a", "task": 1}, "'task' must be a string")],
+     ({"image": 3}, "file path or an array"), ({"text": "a", "task": 1}, "'task' must be a string"),
+     ({"image_b64": "%%%"}, "input 7: 'image_b64' is not valid base64"), ({"image_b64": 5}, "base64 string")],
 )
 def test_parse_input_errors(item, needle):
     with pytest.raises(InputError, match=needle):

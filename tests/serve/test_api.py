@@ -34,7 +34,7 @@ def test_wrong_fields_answer_422_with_a_message(serve, client):
         ({"inputs": [{"txt": "hello"}]}, "inputs.0.txt: Extra inputs are not permitted"),
         ({"inputs": [{"text": "a"}], "budget": 3}, "budget: Extra inputs are not permitted"),
         ({"inputs": []}, "inputs: List should have at least 1 item"),
-        ({"inputs": [{"text": "a", "image": "/x.png"}]}, "inputs.0: give exactly one of 'text' or 'image'"),
+        ({"inputs": [{"text": "a", "image": "/x.png"}]}, "inputs.0: give exactly one of 'text', 'image' or 'image_b64'"),
         ({}, "inputs: Field required"),
         ({"inputs": [{"text": "a"}], "task": "zzz"}, "task: unknown task 'zzz' (tasks: a, b)"),
         ({"inputs": [{"image": "/no/such/file.png"}]}, "inputs.0.image: no such file '/no/such/file.png'"),
@@ -58,6 +58,13 @@ def test_image_paths_outside_the_root_are_refused(serve, client, tmp_path):
     r = client.post(f"{url}/v1/predict", json={"inputs": [{"image": str(root / "ok.png")}]})
     assert r.status_code == 200, r.text
     assert engine.calls[-1][0] == [{"image": str(root / "ok.png")}]
+
+
+def test_uploaded_images_reach_the_engine(serve, client):
+    url, engine = serve()
+    r = client.post(f"{url}/v1/predict", json={"inputs": [{"image_b64": "iVBORw=="}]})
+    assert r.status_code == 200, r.text
+    assert engine.calls[-1][0] == [{"image_b64": "iVBORw=="}]
 
 
 def test_oversized_body_answers_413_by_length_and_by_stream(serve, client):
