@@ -118,7 +118,8 @@ class DynamicMerging:
         from modmerge.zoo.models import body_from_config, body_state
 
         self.engine = engine
-        pre = engine._pretrained_state()
+        with zoo.backbone() as ckpt:  # the whole pretrained body (the library may keep only the router's part)
+            pre = {k: ckpt.get(k).clone() for k in ckpt.keys()}
         self.body = body_from_config(zoo.root / zoo.manifest.backbone.path, list(pre)).eval()
         self.targets = {k: v for k, v in body_state(self.body).items() if v.is_floating_point()}
         with torch.no_grad():

@@ -9,6 +9,7 @@ import functools
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -279,17 +280,17 @@ def search(
     if parsed.zoo is not None:
         store = _store(cache)
         store.load(parsed.zoo)  # a missing zoo is an error before any work
+    started = time.perf_counter()
     with _task_progress() as bar:
         task = bar.add_task("search", total=parsed.budget * parsed.runs)
 
         def show(run: int, rec: GenerationRecord, counters: EvaluationCounters | None = None) -> None:
             work = "" if counters is None else f" {counters.progress()}"
-            bar.update(
-                task, completed=run * parsed.budget + rec.evaluations,
-                description=(f"run {run} gen {rec.generation}: evals {rec.evaluations}/{parsed.budget} "
-                             f"HV {rec.hypervolume:.4f} best P {rec.best_performance:.4f} least C {rec.least_storage:.3f}"
-                             f"{work}"),
-            )
+            line = (f"run {run} gen {rec.generation}: evals {rec.evaluations}/{parsed.budget} "
+                    f"HV {rec.hypervolume:.4f} best P {rec.best_performance:.4f} least C {rec.least_storage:.3f}{work}")
+            bar.update(task, completed=run * parsed.budget + rec.evaluations, description=line)
+            if not err_console.is_terminal:  # a log file gets one line per generation instead of a bar
+                click.echo(f"[{time.perf_counter() - started:7.0f} s] {line}", err=True)
 
         payload = run_search_recipe(parsed, out_dir, store=store, resume=resume, callback=show)
     click.echo((out_dir / "summary.md").read_text())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 
 import pytest
@@ -119,6 +120,8 @@ def test_cli_search_runs_a_recipe_of_own_models(recipe_form, tmp_path):
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["search", str(recipe_form()), "--out", str(out)])
     assert result.exit_code == 0, result.output
+    # without a terminal (a log file), one timestamped line per generation instead of a bar
+    assert re.search(r"\[\s*\d+ s\] run 0 gen 0: evals \d+/\d+ HV", result.output), result.output
     payload = json.loads((out / "pareto.json").read_text())
     assert payload["zoo"] is None and payload["recipe"]["evaluators"]["t1"] == "own_evals:t1"
     best = max(payload["runs"][0]["solutions"], key=lambda s: s["validation"]["mean"])
