@@ -59,3 +59,17 @@ def test_bad_search_recipe(tmp_path, fields, needle):
 def test_unknown_zoo_is_an_error_before_work(tmp_path):
     with pytest.raises(ZooError, match="not built"):
         ZooStore(tmp_path).load("vision")
+
+
+def test_benchmark_search_recipes_load():
+    """The recipes behind the reported figures stay valid as the recipe schema changes."""
+    from pathlib import Path
+
+    recipes = sorted((Path(__file__).parents[2] / "benchmarks" / "search").glob("*.yaml"))
+    assert len(recipes) >= 7
+    loaded = {path.stem: load_search_recipe(path) for path in recipes}
+    assert loaded["text-tm-default"].budget == 300 and loaded["text-tm-default"].population == 20
+    assert loaded["text-tm-default"].validation_limit == 200
+    assert {loaded[n].granularity for n in ("vision-ta5", "vision-ta5-layer", "vision-ta5-model")} == {
+        "component", "layer", "model"}
+    assert not loaded["vision-ta5-nosurr"].surrogate and loaded["vision-ta5-randinit"].init == "random"
