@@ -106,7 +106,7 @@ def test_feature_layers_validation_names_the_field(value):
 
 
 def test_embeddings_only_router_needs_mean_pooling():
-    with pytest.raises(RouterError, match="feature_layers 0 reads the embeddings.*use pooling 'mean'"):
+    with pytest.raises(RouterError, match=r"feature_layers 0 reads the embeddings.*use pooling 'mean'"):
         RouterConfig(tasks=("a", "b"), in_dim=4, feature_layers=0, pooling="cls")
     assert RouterConfig(tasks=("a", "b"), in_dim=4, feature_layers=0, pooling="mean").feature_layers == 0
 
