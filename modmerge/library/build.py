@@ -281,11 +281,12 @@ def _store_router(blobs: Path, router: RouterWeights, zoo: Zoo) -> RouterEntry:
         backbone = {k: ckpt.get(k).clone() for k in ckpt.keys()}
     layers = config.get("feature_layers")
     if layers is not None:  # a router that reads k layers needs only the body cut there
-        from modmerge.reuse.router import router_body
-        from modmerge.zoo.models import body_state
+        import transformers
 
-        body = router_body(zoo.root / zoo.manifest.backbone.path, backbone, layers)
-        backbone = {k: v.detach().clone() for k, v in body_state(body).items()}
+        from modmerge.zoo.models import first_layers
+
+        backbone_config = transformers.AutoConfig.from_pretrained(zoo.root / zoo.manifest.backbone.path)
+        backbone = first_layers(backbone, backbone_config, layers)
     backbone_digest, backbone_bytes = write_blob(blobs, backbone)
     return RouterEntry(blob=digest, bytes=nbytes, config=config, report=dict(report),
                        test_accuracy=None if accuracy is None else float(accuracy),

@@ -128,20 +128,17 @@ def load_image(value: Any, size: tuple[int, int], *, where: str) -> torch.Tensor
     """
     from PIL import Image
 
-    if isinstance(value, str | Path):
+    if isinstance(value, str | Path | bytes):
+        uploaded = isinstance(value, bytes)
         try:
-            with Image.open(value) as img:
+            with Image.open(io.BytesIO(value) if uploaded else value) as img:
                 array = np.asarray(_sized(img.convert("L"), size))
         except FileNotFoundError:
             raise InputError(f"{where}: image file {value} not found") from None
         except OSError as err:
-            raise InputError(f"{where}: cannot read image {value} ({type(err).__name__})") from None
-    elif isinstance(value, bytes):
-        try:
-            with Image.open(io.BytesIO(value)) as img:
-                array = np.asarray(_sized(img.convert("L"), size))
-        except OSError:
-            raise InputError(f"{where}: image_b64 holds no readable image ({len(value)} bytes)") from None
+            what = f"image_b64 holds no readable image ({len(value)} bytes)" if uploaded else (
+                f"cannot read image {value} ({type(err).__name__})")
+            raise InputError(f"{where}: {what}") from None
     else:
         array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
         array = np.squeeze(array)

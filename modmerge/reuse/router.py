@@ -11,9 +11,9 @@ so the saved state alone reproduces every route.
 ``feature_layers`` k reads the features from the backbone truncated to its first k encoder layers
 (then its final norm, as the full model applies it): routing an input then costs k layers, not a
 second full forward beside its expert chain's. k = 0 reads the embedding layer's output alone (a
-bag of token or patch embeddings; it needs ``mean`` pooling, as the CLS embedding is constant). :func:`router_body` builds that body, once, for
-both training (:func:`fit_zoo_router`) and routing (the reuse engine), so both see the same
-features.
+bag of token or patch embeddings; it needs ``mean`` pooling, as the CLS embedding is constant).
+:func:`router_body` builds that body, once, for both training (:func:`fit_zoo_router`) and
+routing (the reuse engine), so both see the same features.
 
 Example::
 

@@ -200,7 +200,8 @@ def _run_models(
     recipe: SearchRecipe, pretrained: ModelSource, models: dict[str, ModelSource], evaluators: dict[str, Evaluator],
     test_evaluators: dict[str, Evaluator] | None, *, out_dir: Path | None, resume: bool, progress: Progress | None,
 ) -> SearchResult:
-    base_p, best_p, baseline_rows = _baseline_figures(recipe.baselines, recipe.call().method)
+    baselines = _baseline_figures(recipe.baselines, recipe.call().method)
+    base_p, best_p = baselines.base, baselines.best
     records, histories, results = [], [], []
     problem: ModelsMergeProblem | None = None
     for i in range(recipe.runs):
@@ -246,7 +247,7 @@ def _run_models(
         "runs": records,
     }
     if out_dir is not None:
-        write_run_dir(out_dir, payload, histories, baseline_rows)
+        write_run_dir(out_dir, payload, histories, baselines.rows)
     return SearchResult(tasks=problem.task_names, units=problem.unit_ids, runs=results, payload=payload,
                         out_dir=out_dir)
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -182,22 +183,31 @@ def _resolve_model_paths(data: dict[str, Any], root: Path) -> None:
         data["architecture"] = fix(data["architecture"])
 
 
-def _baseline_figures(path: str | None, method: str) -> tuple[float | None, float | None, list[dict]]:
-    """(validation P of F on the whole model, best merged baseline's validation P, baseline rows)."""
+@dataclass(frozen=True)
+class BaselineFigures:
+    """What a search takes from a ``baselines.json``: validation P of F on the whole model, the
+    best merged baseline's validation P, the rows (for the summary and plot), and the validation
+    subset size the file chose hyperparameters on."""
+
+    base: float | None = None
+    best: float | None = None
+    rows: tuple[dict, ...] = ()
+    val_limit: int | None = None
+
+
+def _baseline_figures(path: str | None, method: str) -> BaselineFigures:
+    """The figures of the baselines file at ``path`` (read once); empty without a file."""
     if not path:
-        return None, None, []
-    rows = json.loads(Path(path).read_text())["methods"]
+        return BaselineFigures()
+    payload = json.loads(Path(path).read_text())
+    rows = payload["methods"]
     merged = [r for r in rows if r.get("method") and r.get("validation_mean") is not None]
-    base = next((r["validation_mean"] for r in merged if r["method"] == method), None)
-    best = max((r["validation_mean"] for r in merged), default=None)
-    return base, best, rows
-
-
-def _baselines_val_limit(path: str | None) -> int | None:
-    """The validation subset size the baselines file chose hyperparameters on (None if unknown)."""
-    if not path:
-        return None
-    return json.loads(Path(path).read_text()).get("protocol", {}).get("val_limit")
+    return BaselineFigures(
+        base=next((r["validation_mean"] for r in merged if r["method"] == method), None),
+        best=max((r["validation_mean"] for r in merged), default=None),
+        rows=tuple(rows),
+        val_limit=payload.get("protocol", {}).get("val_limit"),
+    )
 
 
 def zoo_problem(recipe: SearchRecipe, zoo: Zoo, seed: int) -> ZooMergeProblem:
@@ -241,22 +251,18 @@ def test_metrics(
     (same limit) are reused and the new ones written there, so a resumed search does not measure
     a finished run's Pareto set again."""
     path = None if run_dir is None else run_dir / "test_metrics.json"
-    known: dict = {}
-    stored: list[dict[str, Any]] = []
+    stored: dict[GroupingMatrix, dict[str, float]] = {}
     if path is not None and path.is_file():
         payload = json.loads(path.read_text())
         if payload.get("limit") == limit:
-            stored = payload["solutions"]
-            for entry in stored:
-                g = GroupingMatrix.from_array(entry["grouping"])
-                for t, name in enumerate(problem.task_names):
-                    known[(t, chain(g, t, problem.unit_ids))] = entry["test"][name]
+            stored = {GroupingMatrix.from_array(e["grouping"]): e["test"] for e in payload["solutions"]}
+    known = {(t, chain(g, t, problem.unit_ids)): per_task[name]
+             for g, per_task in stored.items() for t, name in enumerate(problem.task_names)}
     tests = problem.split_metrics(gs, "test", limit, known=known)
     if path is not None:
-        seen = {json.dumps(e["grouping"]) for e in stored}
-        stored += [{"grouping": g.to_list(), "test": per_task} for g, per_task in zip(gs, tests, strict=True)
-                   if json.dumps(g.to_list()) not in seen]
-        write_json(path, {"split": "test", "limit": limit, "solutions": stored})
+        stored.update(zip(gs, tests, strict=True))
+        write_json(path, {"split": "test", "limit": limit,
+                          "solutions": [{"grouping": g.to_list(), "test": t} for g, t in stored.items()]})
     return tests
 
 
@@ -281,7 +287,7 @@ def run_search_recipe(
     zoo = store.load(recipe.zoo)
     # G1's bar is F on the whole model measured on this search's own validation subset (the
     # baselines file may use other hyperparameters or another subset); G2's is the file's best.
-    _, best_p, baseline_rows = _baseline_figures(recipe.baselines, recipe.call().method)
+    baselines = _baseline_figures(recipe.baselines, recipe.call().method)
     base_p: float | None = None
     runs, histories = [], []
     for i in range(recipe.runs):
@@ -294,7 +300,7 @@ def run_search_recipe(
             base_p = whole_model_performance(problem)
         tests = test_metrics(problem, [r.grouping for r in state.pareto()], recipe.test_limit, out_dir / f"run{i}")
         runs.append(run_record(problem, state, seed=seed, tests=tests, base_performance=base_p,
-                               best_baseline_performance=best_p))
+                               best_baseline_performance=baselines.best))
         histories.append(history_record(state, seed))
     payload = {
         "zoo": zoo.name,
@@ -303,9 +309,9 @@ def run_search_recipe(
         "recipe": recipe.model_dump(),
         "units": problem.unit_ids,
         "hv_reference": {"storage": float(problem.n_tasks), "performance": 0.0},
-        "bars": {"base_method_validation": base_p, "best_baseline_validation": best_p,
-                 "best_baseline_validation_limit": _baselines_val_limit(recipe.baselines)},
+        "bars": {"base_method_validation": base_p, "best_baseline_validation": baselines.best,
+                 "best_baseline_validation_limit": baselines.val_limit},
         "runs": runs,
     }
-    write_run_dir(out_dir, payload, histories, baseline_rows)
+    write_run_dir(out_dir, payload, histories, baselines.rows)
     return payload

@@ -75,14 +75,15 @@ def load_body(
             state = {k: ckpt.get(k) for k in ckpt.keys()}
     body = body_from_config(model_dir, list(state), layers=layers)
     if layers is not None:
-        state = _first_layers(state, body.config, layers)
+        state = first_layers(state, body.config, layers)
     load_body_state(body, state)
     return body.eval()
 
 
-def _first_layers(state: Mapping[str, torch.Tensor], config: Any, layers: int) -> dict[str, torch.Tensor]:
+def first_layers(state: Mapping[str, torch.Tensor], config: Any, layers: int) -> dict[str, torch.Tensor]:
     """``state`` without the tensors of encoder layers ``layers`` and deeper (layer indices come
-    from the architecture's data file, the same map the merges use)."""
+    from the architecture's data file, the same map the merges use): the weights a body
+    truncated by :func:`body_from_config` holds."""
     keys = list(state)
     cmap = decompose(keys, detect_architecture(config.to_dict(), keys))
     kept = {}
