@@ -264,17 +264,21 @@ def baselines(
 @click.option("--no-surrogate", is_flag=True, help="Ablation: evaluate NSGA-II offspring without the RF surrogate.")
 @click.option("--init", type=click.Choice(["kmeans", "random"]), default=None, help="Initial population.")
 @click.option("--granularity", type=click.Choice(["model", "layer", "component"]), default=None)
+@click.option("--precision", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
+              help="What every evaluation forward runs at (default float32); bfloat16/float16 run under "
+                   "torch.autocast: approximate metrics, faster.")
 @_friendly
 def search(
     recipe: Path, out_dir: Path, cache: Path | None, resume: bool, runs: int | None, budget: int | None,
     population: int | None, seed: int | None, no_surrogate: bool, init: str | None, granularity: str | None,
+    precision: str | None,
 ) -> None:
     """MERGE offline optimisation: search the Pareto set of (storage cost, performance) on a zoo,
     or on your own models (recipe with pretrained, models and evaluators)."""
     from modmerge.search.driver import load_search_recipe, run_search_recipe
 
     overrides = {"runs": runs, "budget": budget, "population": population, "seed": seed, "init": init,
-                 "granularity": granularity, "surrogate": False if no_surrogate else None}
+                 "granularity": granularity, "surrogate": False if no_surrogate else None, "precision": precision}
     parsed = load_search_recipe(recipe, overrides)
     store = None
     if parsed.zoo is not None:

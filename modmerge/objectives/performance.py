@@ -138,9 +138,10 @@ class ZooMergeProblem(ExpertCosts):
         cache_bytes: int = 2 * 2**30,
         prefix_cache_bytes: int = 512 * 2**20,
         device: str = "cpu",
+        precision: str = "float32",
     ) -> None:
         self.zoo, self.call, self.quant = zoo, call, quant
-        self.pool = TaskPool(zoo, split=split, limit=limit, device=device)
+        self.pool = TaskPool(zoo, split=split, limit=limit, device=device, precision=precision)
         cmap = zoo.component_map()
         self.units = cmap.units(granularity, exclude_kinds=("head",))  # type: ignore[arg-type]
         self.unit_ids = list(self.units)
@@ -212,7 +213,7 @@ class ZooMergeProblem(ExpertCosts):
         through a prefix cache of its own. ``known`` maps ``(task, chain)`` to metrics already
         measured (it is filled in with the new ones)."""
         known = {} if known is None else known
-        pool = TaskPool(self.zoo, split=split, limit=limit, device=self.pool.device)
+        pool = TaskPool(self.zoo, split=split, limit=limit, device=self.pool.device, precision=self.pool.precision)
         cache = PrefixCache(self.prefix_cache.max_bytes)
         chains = [[chain(g, t, self.unit_ids) for t in range(self.n_tasks)] for g in gs]
         todo = {(t, c) for per_task in chains for t, c in enumerate(per_task)} - set(known)

@@ -35,6 +35,14 @@ def _split(payload: dict[str, Any]) -> str:
     return "validation" if sols and all(s.get("test") is None for s in sols) else "test"
 
 
+def _precision_note(recipe: dict[str, Any]) -> str:
+    precision = recipe.get("precision", "float32")
+    if precision == "float32":
+        return ""
+    return (f"; every MERGE figure (validation and test) was evaluated at {precision} under torch.autocast, "
+            "the baselines' rows at float32")
+
+
 def summary_markdown(payload: dict[str, Any], baseline_rows: Sequence[dict[str, Any]]) -> str:
     """G1/G2/G3 (mean ± std over runs) against the baselines: storage cost C and test P (x100)."""
     tasks = payload["tasks"]
@@ -47,7 +55,8 @@ def summary_markdown(payload: dict[str, Any], baseline_rows: Sequence[dict[str, 
         + (" — **pretrained inside this project**, not a public checkpoint." if backbone["self_pretrained"] else "."),
         f"Search: budget {recipe['budget']}, population {recipe['population']}, granularity {recipe['granularity']}, "
         f"{len(payload['runs'])} run(s), quantisation {recipe['quantization']}. "
-        f"C = eq. (8) over the mergeable body (task heads apart); P = {_split(payload)} metric x100.",
+        f"C = eq. (8) over the mergeable body (task heads apart); P = {_split(payload)} metric x100"
+        + _precision_note(recipe) + ".",
         "",
         "| Method | C | " + " | ".join(tasks) + " | Mean |",
         "|---|---|" + "---|" * len(tasks) + "---|",

@@ -25,16 +25,11 @@ class _Worker:
     """A Ray actor body: one problem, built from the zoo directory and the recipe's settings."""
 
     def __init__(self, zoo_root: str, recipe: dict[str, Any], seed: int, device: str) -> None:
-        from modmerge.objectives.performance import ZooMergeProblem
-        from modmerge.search.driver import SearchRecipe
+        from modmerge.search.driver import SearchRecipe, zoo_problem
         from modmerge.zoo.store import ZooStore
 
-        parsed = SearchRecipe.model_validate(recipe)
-        zoo = ZooStore(Path(zoo_root)).load(parsed.zoo)
-        self.problem = ZooMergeProblem(
-            zoo, parsed.call(), parsed.quant(), granularity=parsed.granularity, limit=parsed.validation_limit,
-            seed=seed, cache_bytes=parsed.cache_bytes, prefix_cache_bytes=parsed.prefix_cache_bytes, device=device,
-        )
+        parsed = SearchRecipe.model_validate({**recipe, "device": device})
+        self.problem = zoo_problem(parsed, ZooStore(Path(zoo_root)).load(parsed.zoo), seed)
 
     def evaluate(self, rows: list[list[list[int]]]) -> list[Evaluation]:
         return self.problem.evaluate([GroupingMatrix.from_array(r) for r in rows])

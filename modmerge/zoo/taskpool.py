@@ -28,6 +28,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +62,21 @@ Pool = Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]  # (body, ba
 # ~35%) and ran MiniLM 1.1-1.6x faster per example on 2 cores than 128 (see benchmarks/README).
 DEFAULT_BATCH = {"image": 256, "text": 32}
 DEFAULT_MAX_LENGTH = 128
+# Evaluation precisions: float32 runs the stored weights as they are; the others run every
+# forward under torch.autocast (matmuls in the lower precision, norms and softmax in float32).
+PRECISIONS: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def precision_context(precision: str, device: torch.device) -> AbstractContextManager[Any]:
+    """The context a forward runs in at ``precision`` (a :data:`PRECISIONS` name) on ``device``.
+
+    >>> precision_context("float32", torch.device("cpu"))  # doctest: +ELLIPSIS
+    <contextlib.nullcontext object at ...>
+    """
+    if precision not in PRECISIONS:
+        raise ZooError(f"evaluation precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    dtype = PRECISIONS[precision]
+    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 def encode_inputs(entry: TaskEntry, inputs: torch.Tensor | list[str], tokenizer: Any = None) -> Encoded:
@@ -79,8 +95,10 @@ def encode_inputs(entry: TaskEntry, inputs: torch.Tensor | list[str], tokenizer:
 def predict(
     model: TaskClassifier, inputs: Encoded, *, batch_size: int, regression: bool = False,
     device: str | torch.device = "cpu", progress: Progress | None = None, description: str = "evaluating",
+    precision: str = "float32",
 ) -> torch.Tensor:
-    """Class ids (or, with ``regression``, the first output) for every example, in input order.
+    """Class ids (or, with ``regression``, the first output) for every example, in input order,
+    computed at ``precision`` (see :data:`PRECISIONS`).
 
     >>> predict(model, pixel_values(images), batch_size=256)  # doctest: +SKIP
     tensor([3, 1, ...])
@@ -88,7 +106,8 @@ def predict(
     n = len(inputs)
     out = torch.empty(n, dtype=torch.float32 if regression else torch.int64)
     model.eval()
-    with torch.inference_mode(), progress_task(progress, description, n, transient=True) as advance:
+    context = precision_context(precision, torch.device(device))
+    with torch.inference_mode(), context, progress_task(progress, description, n, transient=True) as advance:
         for idx, batch in eval_batches(inputs, batch_size):
             logits = model(**{k: v.to(device) for k, v in batch.items()}).float().cpu()
             out[idx] = logits[:, 0] if regression else logits.argmax(-1)
@@ -165,14 +184,19 @@ class TaskPool:
     ``body_state`` None means the task's own fine-tuned body. Keys of component kind ``head``
     (BERT's pooler) missing from a given state are taken from the task's own body, since they
     belong to the task head and are never merged.
+
+    ``precision`` (``float32``, ``bfloat16``, ``float16``) is what every forward of the pool runs
+    at; the lower ones run under ``torch.autocast`` and give approximate metrics, faster.
     """
 
     def __init__(
         self, zoo: Zoo, *, split: str = "test", limit: int | None = None, batch_size: int | None = None,
-        device: str | torch.device = "cpu", progress: Progress | None = None,
+        device: str | torch.device = "cpu", progress: Progress | None = None, precision: str = "float32",
     ) -> None:
         if limit is not None and limit < 1:
             raise ZooError(f"task pool limit must be >= 1, got {limit}")
+        precision_context(precision, torch.device(device))  # an unknown precision fails here
+        self.precision = precision
         self.zoo, self.split, self.limit, self.device, self.progress = zoo, split, limit, torch.device(device), progress
         self._batch_size = batch_size
         self._bodies: dict[str, transformers.PreTrainedModel] = {}
@@ -206,7 +230,7 @@ class TaskPool:
         started = time.perf_counter()
         preds = predict(
             model, inputs, batch_size=self.batch_size(entry), regression=entry.metric in REGRESSION_METRICS,
-            device=self.device, progress=self.progress, description=f"eval {task}/{split}",
+            device=self.device, progress=self.progress, description=f"eval {task}/{split}", precision=self.precision,
         )
         seconds = time.perf_counter() - started
         self.examples_evaluated += len(inputs)
@@ -257,7 +281,7 @@ class TaskPool:
         preds = torch.empty(len(inputs), dtype=torch.float32 if regression else torch.int64)
         kept: dict[int, list[torch.Tensor]] = {i: [] for i in keep_layers if start_layer <= i < staged.n_layers}
         started = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(), precision_context(self.precision, self.device):
             for b, (idx, batch) in enumerate(eval_batches(inputs, self.batch_size(entry))):
                 batch = {k: v.to(self.device) for k, v in batch.items()}
                 if hidden is None:

@@ -94,3 +94,24 @@ def test_unknown_bodies_fall_back_and_partial_loads_check_names():
         load_partial_state(body, {"pooler.nope": torch.ones(16)})
     with pytest.raises(ModmergeError, match=r"pooler\.dense\.bias"):
         load_partial_state(body, {"pooler.dense.bias": torch.ones(3)})
+
+
+def test_lower_precision_runs_under_autocast_and_stays_staged_exact(tiny_zoo):
+    full = TaskPool(tiny_zoo, split="validation", limit=48, batch_size=16)
+    low = TaskPool(tiny_zoo, split="validation", limit=48, batch_size=16, precision="bfloat16")
+    state = full.pretrained_state()
+    task = tiny_zoo.tasks[0]
+    exact, approx = full.evaluate_from(task, state, keep_layers=[0]), low.evaluate_from(task, state, keep_layers=[0])
+    h32, h16 = exact.hidden[0][0].float(), approx.hidden[0][0].float()
+    assert not torch.equal(h32, h16)  # the matmuls really ran in bfloat16
+    assert torch.allclose(h32, h16, atol=0.1, rtol=0.05)
+    for t in tiny_zoo.tasks:  # within one precision, staged and resumed forwards still match the plain one
+        first = low.evaluate_from(t, state, keep_layers=[0])
+        assert first.metric == low.evaluate(t, state)
+        later = {k: v for k, v in state.items() if not k.startswith(("embeddings.", "encoder.layer.0."))}
+        assert low.evaluate_from(t, later, start_layer=1, hidden=first.hidden[0]).metric == first.metric
+
+
+def test_unknown_precision_is_refused_up_front(tiny_zoo):
+    with pytest.raises(ModmergeError, match="precision must be one of float32, bfloat16, float16, got 'int4'"):
+        TaskPool(tiny_zoo, split="validation", precision="int4")
