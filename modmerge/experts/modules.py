@@ -12,13 +12,13 @@ built once and shared by every configuration and expert chain that uses them.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from modmerge.checkpoints import in_memory
+from modmerge.lru import BytesLRU
 from modmerge.quantization import CompressedTensor, QuantConfig, compress
 from modmerge.recipes.execute import merged_tensors, model_scope_thresholds
 from modmerge.recipes.plan import MethodCall
@@ -56,9 +56,11 @@ class Module:
 class ExpertBuilder:
     """Builds and caches modules for one zoo, one method F and one quantisation setting.
 
-    Costs (unit bits) are kept for every module ever built (they are tiny); dequantised
-    tensors are kept in an LRU cache bounded by ``cache_bytes``, because a search asks for the
-    same modules again and again.
+    Compressed modules and their dequantised tensors are kept in two LRU caches, each bounded by
+    ``cache_bytes``, because a search asks for the same modules again and again; a module evicted
+    is built again when asked for (same seed, same tensors; ``builds`` counts every build).
+    Storage costs outlive the cache (:class:`~modmerge.objectives.performance.ExpertCosts` keeps
+    them per module).
     """
 
     def __init__(
@@ -76,29 +78,26 @@ class ExpertBuilder:
         self.pretrained, self.tasks, self.units = pretrained, list(tasks), {u: list(k) for u, k in units.items()}
         self.call, self.quant, self.statistics, self.seed = call, quant, statistics, seed
         self.cache_bytes = cache_bytes
-        self._dense: OrderedDict[ModuleKey, dict[str, torch.Tensor]] = OrderedDict()
-        self._dense_bytes = 0
-        self._modules: dict[ModuleKey, Module] = {}
+        self._modules: BytesLRU[ModuleKey, Module] = BytesLRU(cache_bytes)
+        self._dense: BytesLRU[ModuleKey, dict[str, torch.Tensor]] = BytesLRU(cache_bytes)
         self.builds = 0
 
     def module(self, key: ModuleKey) -> Module:
-        """The compressed module (built once; kept, since compressed modules are small)."""
-        if key not in self._modules:
-            self._modules[key] = self._build(key)
+        """The compressed module (LRU-cached; built again if it was evicted)."""
+        module = self._modules.get(key)
+        if module is None:
+            module = self._build(key)
             self.builds += 1
-        return self._modules[key]
+            self._modules.put(key, module, module.nbytes)
+        return module
 
     def dense(self, key: ModuleKey) -> dict[str, torch.Tensor]:
-        """The module's dequantised tensors, as a body consumes them (LRU-cached)."""
-        if key in self._dense:
-            self._dense.move_to_end(key)
-            return self._dense[key]
-        tensors = self.module(key).dequantized()
-        self._dense[key] = tensors
-        self._dense_bytes += sum(t.nbytes for t in tensors.values())
-        while self._dense_bytes > self.cache_bytes and len(self._dense) > 1:
-            _, dropped = self._dense.popitem(last=False)
-            self._dense_bytes -= sum(t.nbytes for t in dropped.values())
+        """The module's dequantised tensors, as a body consumes them (LRU-cached; read-only:
+        full-precision tensors share memory with the compressed module)."""
+        tensors = self._dense.get(key)
+        if tensors is None:
+            tensors = self.module(key).dequantized()
+            self._dense.put(key, tensors, sum(t.nbytes for t in tensors.values()))
         return tensors
 
     def _merged(self, key: ModuleKey) -> dict[str, torch.Tensor]:

@@ -19,12 +19,12 @@ prefix with the run just before it, whose states are the most recent in the LRU.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 
 import torch
 
 from modmerge.errors import ModmergeError
+from modmerge.lru import BytesLRU
 
 PrefixKey = tuple[int, tuple[Hashable, ...]]
 
@@ -54,30 +54,30 @@ class PrefixCache:
     def __init__(self, max_bytes: int) -> None:
         if max_bytes < 0:
             raise ModmergeError(f"prefix cache: max_bytes must be >= 0, got {max_bytes}")
-        self.max_bytes = max_bytes
-        self._entries: OrderedDict[PrefixKey, list[torch.Tensor]] = OrderedDict()
-        self.nbytes = 0
-        self.peak_bytes = 0
+        self._lru: BytesLRU[PrefixKey, list[torch.Tensor]] = BytesLRU(max_bytes)
         self.hits = 0
         self.stores = 0
-        self.evictions = 0
+
+    max_bytes = property(lambda self: self._lru.max_bytes)
+    nbytes = property(lambda self: self._lru.nbytes)
+    peak_bytes = property(lambda self: self._lru.peak_bytes)
+    evictions = property(lambda self: self._lru.evictions)
 
     @property
     def enabled(self) -> bool:
         return self.max_bytes > 0
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._lru)
 
     def __contains__(self, key: object) -> bool:
-        return key in self._entries
+        return key in self._lru
 
     def longest(self, keys: Sequence[PrefixKey]) -> tuple[int, list[torch.Tensor] | None]:
         """``(k, hidden)`` for the deepest ``keys[k]`` held (marked recently used), else ``(-1, None)``."""
         for k in range(len(keys) - 1, -1, -1):
-            hidden = self._entries.get(keys[k])
+            hidden = self._lru.get(keys[k])
             if hidden is not None:
-                self._entries.move_to_end(keys[k])
                 self.hits += 1
                 return k, hidden
         return -1, None
@@ -85,18 +85,6 @@ class PrefixCache:
     def put(self, key: PrefixKey, hidden: list[torch.Tensor]) -> bool:
         """Keep ``hidden`` under ``key``, evicting the least recently used entries to fit; an entry
         larger than the whole bound is not kept (returns False)."""
-        size = sum(t.nbytes for t in hidden)
-        if size > self.max_bytes:
-            return False
-        old = self._entries.pop(key, None)
-        if old is not None:
-            self.nbytes -= sum(t.nbytes for t in old)
-        while self._entries and self.nbytes + size > self.max_bytes:
-            _, dropped = self._entries.popitem(last=False)
-            self.nbytes -= sum(t.nbytes for t in dropped)
-            self.evictions += 1
-        self._entries[key] = hidden
-        self.nbytes += size
-        self.peak_bytes = max(self.peak_bytes, self.nbytes)
-        self.stores += 1
-        return True
+        kept = self._lru.put(key, hidden, sum(t.nbytes for t in hidden))
+        self.stores += kept
+        return kept

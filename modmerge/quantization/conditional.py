@@ -191,7 +191,9 @@ class CompressedTensor:
         return held + (0 if self.full_part is None else self.full_part.nbytes)
 
     def dequantize(self) -> torch.Tensor:
-        """The tensor as float32: dequantised units and full-precision units in place.
+        """The tensor as float32: dequantised units and full-precision units in place. A tensor
+        with no quantised unit, kept at float32, comes back as a view of its full part (no copy:
+        do not modify it in place).
 
         >>> c = compress(torch.tensor([[0.0, 1.0], [0.0, 9.0]]), [torch.tensor([[0.0, 2.0], [0.0, 4.0]])],
         ...              granularity="channel")
@@ -199,6 +201,8 @@ class CompressedTensor:
         tensor([[0., 1.],
                 [0., 9.]])
         """
+        if self.quantized_part is None and self.full_part is not None and self.full_part.dtype == torch.float32:
+            return self.full_part.reshape(self.shape)
         n = self.quantised.numel()
         rows = torch.empty(n, math.prod(self.shape) // n, dtype=torch.float32, device=self.quantised.device)
         if self.quantized_part is not None:

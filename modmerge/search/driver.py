@@ -271,6 +271,34 @@ def test_metrics(
     return tests
 
 
+# Recipe fields that do not change what a run's objective values mean: a resumed search may change them.
+RESUMABLE_CHANGES = frozenset({"runs", "budget", "executor", "workers", "ray_address", "device", "baselines",
+                               "cache_bytes", "prefix_cache_bytes", "test_limit"})
+
+
+def check_resume(recipe: SearchRecipe, out_dir: Path, resume: bool) -> None:
+    """Refuse ``--resume`` of ``out_dir`` with a recipe whose objective differs from the saved one
+    (method, parameters, quantisation, granularity, validation subset, precision, ...), then save
+    this recipe as ``out_dir/search_recipe.json`` for the next resume.
+
+    >>> check_resume(recipe, Path("runs/a"), resume=True)  # doctest: +SKIP
+    RecipeError: --resume runs/a: it was searched with precision='float32', the recipe gives 'bfloat16'; ...
+    """
+    path, current = out_dir / "search_recipe.json", recipe.model_dump(mode="json")
+    if resume and path.is_file():
+        saved = json.loads(path.read_text())
+        defaults = SearchRecipe.model_construct().model_dump(mode="json")
+        for name, value in current.items():
+            before = saved.get(name, defaults.get(name))
+            if name not in RESUMABLE_CHANGES and before != value:
+                raise RecipeError(
+                    f"--resume {out_dir}: it was searched with {name}={before!r}, the recipe gives {value!r}; "
+                    "resume with the same settings or search into a new --out"
+                )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(path, current)
+
+
 def run_search_recipe(
     recipe: SearchRecipe, out_dir: Path, *, store: ZooStore | None = None, resume: bool = False,
     callback: Callable[..., None] | None = None,
@@ -281,8 +309,10 @@ def run_search_recipe(
     :class:`EvaluationCounters` as a third argument (layer forwards done against naive ones).
 
     A recipe with ``pretrained:`` + ``models:`` runs on the user's own models
-    (:func:`modmerge.search.api.run_models_recipe`); a zoo recipe needs ``store``.
+    (:func:`modmerge.search.api.run_models_recipe`); a zoo recipe needs ``store``. ``resume`` with a
+    recipe that changes the objective is refused (:func:`check_resume`).
     """
+    check_resume(recipe, out_dir, resume)
     if recipe.zoo is None:
         from modmerge.search.api import run_models_recipe
 

@@ -73,3 +73,26 @@ def test_benchmark_search_recipes_load():
     assert {loaded[n].granularity for n in ("vision-ta5", "vision-ta5-layer", "vision-ta5-model")} == {
         "component", "layer", "model"}
     assert not loaded["vision-ta5-nosurr"].surrogate and loaded["vision-ta5-randinit"].init == "random"
+
+
+def test_resume_refuses_a_recipe_that_changes_the_objective(tmp_path):
+    from modmerge.search.driver import check_resume
+
+    out = tmp_path / "run"
+    check_resume(load_search_recipe(write(tmp_path)), out, resume=False)
+    saved = json.loads((out / "search_recipe.json").read_text())
+    assert saved["precision"] == "float32" and saved["budget"] == 10
+    # budget, runs, test limit and caches may change on resume; the saved recipe follows them
+    check_resume(load_search_recipe(write(tmp_path, budget=20, runs=3, test_limit=8)), out, resume=True)
+    assert json.loads((out / "search_recipe.json").read_text())["budget"] == 20
+    for fields, needle in [({"precision": "bfloat16"}, "precision='float32', the recipe gives 'bfloat16'"),
+                           ({"method": "ties"}, "method='task_arithmetic'"),
+                           ({"validation_limit": 16}, "validation_limit=32")]:
+        with pytest.raises(RecipeError, match=needle):
+            check_resume(load_search_recipe(write(tmp_path, **fields)), out, resume=True)
+    # a run directory from before search_recipe.json existed resumes; missing fields count as defaults
+    (out / "search_recipe.json").write_text(json.dumps({k: v for k, v in saved.items() if k != "precision"}))
+    check_resume(load_search_recipe(write(tmp_path)), out, resume=True)
+    # without --resume the directory is searched afresh with the new recipe
+    check_resume(load_search_recipe(write(tmp_path, precision="bfloat16")), out, resume=False)
+    assert json.loads((out / "search_recipe.json").read_text())["precision"] == "bfloat16"
