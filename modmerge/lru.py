@@ -36,6 +36,10 @@ class BytesLRU(Generic[K, V]):
     def __contains__(self, key: object) -> bool:
         return key in self._entries
 
+    def sizes(self) -> list[int]:
+        """The bytes of each value held, least recently used first."""
+        return [size for _, size in self._entries.values()]
+
     def get(self, key: K) -> V | None:
         """The value under ``key`` (now the most recently used), or None."""
         entry = self._entries.get(key)

@@ -16,7 +16,7 @@ and re-runs everything.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -65,6 +65,16 @@ class EvaluationCounters:
             "layer_forwards_naive": self.layer_forwards_naive, "prefix_hits": self.prefix_hits,
             "modules_built": self.modules_built, "modules_naive": self.modules_naive, "seconds": round(self.seconds, 2),
         }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, float | int]) -> EvaluationCounters:
+        """Inverse of :meth:`cost_record` (a resumed run starts from its saved counters).
+
+        >>> EvaluationCounters.from_record({"real_evaluations": 2, "task_runs": 5}).configurations
+        2
+        """
+        names = {"real_evaluations": "configurations"}
+        return cls(**{names.get(k, k): v for k, v in record.items()})
 
     def progress(self) -> str:
         """One line for a progress display: how much of the naive work was done.

@@ -73,6 +73,10 @@ class PrefixCache:
     def __contains__(self, key: object) -> bool:
         return key in self._lru
 
+    def entry_sizes(self) -> list[int]:
+        """The bytes of each entry held (all batches of one task's hidden states after one layer)."""
+        return self._lru.sizes()
+
     def longest(self, keys: Sequence[PrefixKey]) -> tuple[int, list[torch.Tensor] | None]:
         """``(k, hidden)`` for the deepest ``keys[k]`` held (marked recently used), else ``(-1, None)``."""
         for k in range(len(keys) - 1, -1, -1):

@@ -229,8 +229,20 @@ def run_one(
     recipe: SearchRecipe, zoo: Zoo, run_dir: Path, seed: int, *, resume: bool,
     callback: Callable[[GenerationRecord, EvaluationCounters], None] | None = None,
 ) -> tuple[SearchState, ZooMergeProblem]:
-    """One seeded search; its state lives in ``run_dir/state.json``."""
+    """One seeded search; its state lives in ``run_dir/state.json`` and the evaluation counters
+    in ``run_dir/evaluation_cost.json`` (both rewritten every generation), so the cost a resumed
+    run reports covers every process that worked on it (a process killed between the two writes
+    loses that one generation's counts)."""
     problem = zoo_problem(recipe, zoo, seed)
+    cost_path = run_dir / "evaluation_cost.json"
+    if resume and cost_path.is_file() and (run_dir / "state.json").is_file():
+        problem.counters = EvaluationCounters.from_record(json.loads(cost_path.read_text()))
+
+    def on_generation(rec: GenerationRecord) -> None:
+        write_json(cost_path, problem.counters.cost_record())
+        if callback is not None:
+            callback(rec, problem.counters)
+
     executor = None
     if recipe.executor == "ray":
         from modmerge.search.executors import RayExecutor
@@ -239,8 +251,7 @@ def run_one(
                                address=recipe.ray_address, device=recipe.device)
     state = run_seeded(
         problem, seed=seed, budget=recipe.budget, population=recipe.population, surrogate=recipe.surrogate,
-        init=recipe.init, run_dir=run_dir, resume=resume, executor=executor,
-        callback=None if callback is None else (lambda rec: callback(rec, problem.counters)),
+        init=recipe.init, run_dir=run_dir, resume=resume, executor=executor, callback=on_generation,
     )
     if executor is not None:
         executor.close()

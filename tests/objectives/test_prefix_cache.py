@@ -66,7 +66,7 @@ def test_prefix_reuse_counts_fewer_layer_forwards(pair):
 
 def test_prefix_cache_honours_its_byte_bound(tiny_zoo, pair):
     on = pair[0]
-    entry = max(sum(t.nbytes for t in on.prefix_cache._entries[k]) for k in on.prefix_cache._entries)
+    entry = max(on.prefix_cache.entry_sizes())
     small = make(tiny_zoo, int(1.5 * entry))
     gs = configurations(small.n_tasks, small.unit_ids)
     evaluations = small.evaluate(gs)

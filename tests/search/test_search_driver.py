@@ -44,6 +44,11 @@ def test_search_writes_outputs_and_resumes_to_the_same_front(tiny_zoo, tmp_path)
     again = run_search_recipe(recipe, tmp_path / "run", store=store, resume=True)
     assert [s["grouping"] for s in again["runs"][0]["solutions"]] == [s["grouping"] for s in sols]
     assert {s["test"]["mean"] for s in again["runs"][0]["solutions"]} == {0.125}
+    # the finished run did no work in the resumed process, yet its cost is the first process's
+    cost = payload["runs"][0]["evaluation_cost"]
+    assert cost["real_evaluations"] == 10 and cost["task_runs"] > 0
+    assert json.loads((tmp_path / "run" / "run0" / "evaluation_cost.json").read_text()) == cost
+    assert again["runs"][0]["evaluation_cost"] == cost
 
 
 @pytest.mark.parametrize(
