@@ -28,7 +28,7 @@ from modmerge.checkpoints import Checkpoint
 from modmerge.errors import ModmergeError, RecipeError
 from modmerge.objectives.models_problem import Evaluator, ModelsMergeProblem, ModelSource
 from modmerge.recipes.schema import _one_line
-from modmerge.search.driver import SearchRecipe, _baseline_figures
+from modmerge.search.driver import SearchRecipe, _baseline_figures, save_recipe
 from modmerge.search.grouping import GroupingMatrix
 from modmerge.search.outputs import (
     chain_scores,
@@ -212,6 +212,8 @@ def _run_models(
             architecture=recipe.architecture, rules=[(r.pattern, r.kind, r.stack) for r in recipe.rules],
             statistics=recipe.statistics, seed=seed, cache_bytes=recipe.cache_bytes, allow_pickle=recipe.allow_pickle,
         )
+        if out_dir is not None:
+            save_recipe(recipe, out_dir)
         state = run_seeded(
             problem, seed=seed, budget=recipe.budget, population=recipe.population, surrogate=recipe.surrogate,
             init=recipe.init, run_dir=None if out_dir is None else out_dir / f"run{i}", resume=resume,

@@ -234,6 +234,7 @@ def run_one(
     run reports covers every process that worked on it (a process killed between the two writes
     loses that one generation's counts)."""
     problem = zoo_problem(recipe, zoo, seed)
+    save_recipe(recipe, run_dir.parent)
     cost_path = run_dir / "evaluation_cost.json"
     if resume and cost_path.is_file() and (run_dir / "state.json").is_file():
         problem.counters = EvaluationCounters.from_record(json.loads(cost_path.read_text()))
@@ -283,31 +284,37 @@ def test_metrics(
 
 
 # Recipe fields that do not change what a run's objective values mean: a resumed search may change them.
+RECIPE_FILE = "search_recipe.json"
 RESUMABLE_CHANGES = frozenset({"runs", "budget", "executor", "workers", "ray_address", "device", "baselines",
                                "cache_bytes", "prefix_cache_bytes", "test_limit"})
 
 
 def check_resume(recipe: SearchRecipe, out_dir: Path, resume: bool) -> None:
-    """Refuse ``--resume`` of ``out_dir`` with a recipe whose objective differs from the saved one
-    (method, parameters, quantisation, granularity, validation subset, precision, ...), then save
-    this recipe as ``out_dir/search_recipe.json`` for the next resume.
+    """Refuse ``--resume`` of ``out_dir`` with a recipe whose objective differs from the one saved
+    there by :func:`save_recipe` (method, parameters, quantisation, granularity, validation subset,
+    precision, seed, ...); fields in :data:`RESUMABLE_CHANGES` may change. Reads only.
 
     >>> check_resume(recipe, Path("runs/a"), resume=True)  # doctest: +SKIP
     RecipeError: --resume runs/a: it was searched with precision='float32', the recipe gives 'bfloat16'; ...
     """
-    path, current = out_dir / "search_recipe.json", recipe.model_dump(mode="json")
-    if resume and path.is_file():
-        saved = json.loads(path.read_text())
-        defaults = SearchRecipe.model_construct().model_dump(mode="json")
-        for name, value in current.items():
-            before = saved.get(name, defaults.get(name))
-            if name not in RESUMABLE_CHANGES and before != value:
-                raise RecipeError(
-                    f"--resume {out_dir}: it was searched with {name}={before!r}, the recipe gives {value!r}; "
-                    "resume with the same settings or search into a new --out"
-                )
+    path = out_dir / RECIPE_FILE
+    if not (resume and path.is_file()):
+        return
+    saved = json.loads(path.read_text())
+    defaults = SearchRecipe.model_construct().model_dump(mode="json")
+    for name, value in recipe.model_dump(mode="json").items():
+        before = saved.get(name, defaults.get(name))
+        if name not in RESUMABLE_CHANGES and before != value:
+            raise RecipeError(
+                f"--resume {out_dir}: it was searched with {name}={before!r}, the recipe gives {value!r}; "
+                "resume with the same settings or search into a new --out"
+            )
+
+
+def save_recipe(recipe: SearchRecipe, out_dir: Path) -> None:
+    """Keep the recipe a search runs with as ``out_dir/search_recipe.json`` (for :func:`check_resume`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(path, current)
+    write_json(out_dir / RECIPE_FILE, recipe.model_dump(mode="json"))
 
 
 def run_search_recipe(

@@ -49,6 +49,9 @@ def test_search_writes_outputs_and_resumes_to_the_same_front(tiny_zoo, tmp_path)
     assert cost["real_evaluations"] == 10 and cost["task_runs"] > 0
     assert json.loads((tmp_path / "run" / "run0" / "evaluation_cost.json").read_text()) == cost
     assert again["runs"][0]["evaluation_cost"] == cost
+    with pytest.raises(RecipeError, match="--resume .*searched with precision='float32'"):
+        run_search_recipe(load_search_recipe(write(tmp_path, precision="bfloat16")), tmp_path / "run", store=store,
+                          resume=True)
 
 
 @pytest.mark.parametrize(
@@ -81,23 +84,22 @@ def test_benchmark_search_recipes_load():
 
 
 def test_resume_refuses_a_recipe_that_changes_the_objective(tmp_path):
-    from modmerge.search.driver import check_resume
+    from modmerge.search.driver import check_resume, save_recipe
 
     out = tmp_path / "run"
-    check_resume(load_search_recipe(write(tmp_path)), out, resume=False)
+    check_resume(load_search_recipe(write(tmp_path)), out, resume=True)  # nothing saved yet: fine, writes nothing
+    assert not out.exists()
+    save_recipe(load_search_recipe(write(tmp_path)), out)
     saved = json.loads((out / "search_recipe.json").read_text())
     assert saved["precision"] == "float32" and saved["budget"] == 10
-    # budget, runs, test limit and caches may change on resume; the saved recipe follows them
+    # budget, runs, test limit and caches may change on resume
     check_resume(load_search_recipe(write(tmp_path, budget=20, runs=3, test_limit=8)), out, resume=True)
-    assert json.loads((out / "search_recipe.json").read_text())["budget"] == 20
     for fields, needle in [({"precision": "bfloat16"}, "precision='float32', the recipe gives 'bfloat16'"),
                            ({"method": "ties"}, "method='task_arithmetic'"),
                            ({"validation_limit": 16}, "validation_limit=32")]:
         with pytest.raises(RecipeError, match=needle):
             check_resume(load_search_recipe(write(tmp_path, **fields)), out, resume=True)
+        check_resume(load_search_recipe(write(tmp_path, **fields)), out, resume=False)  # a fresh search may
     # a run directory from before search_recipe.json existed resumes; missing fields count as defaults
     (out / "search_recipe.json").write_text(json.dumps({k: v for k, v in saved.items() if k != "precision"}))
     check_resume(load_search_recipe(write(tmp_path)), out, resume=True)
-    # without --resume the directory is searched afresh with the new recipe
-    check_resume(load_search_recipe(write(tmp_path, precision="bfloat16")), out, resume=False)
-    assert json.loads((out / "search_recipe.json").read_text())["precision"] == "bfloat16"
