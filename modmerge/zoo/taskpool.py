@@ -59,7 +59,7 @@ State = Mapping[str, torch.Tensor]
 Encoded = torch.Tensor | EncodedTexts
 Pool = Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]  # (body, batch) -> pooled features
 # Texts are batched longest first; 32 keeps padding at ~10% on the text zoo's tweets (128 padded
-# ~35%) and ran MiniLM 1.1-1.6x faster per example on 2 cores than 128 (see benchmarks/README).
+# ~35%) and ran MiniLM 1.1-1.6x faster per example on 2 cores than 128 (benchmarks/eval_batch.py measures it).
 DEFAULT_BATCH = {"image": 256, "text": 32}
 DEFAULT_MAX_LENGTH = 128
 # Evaluation precisions: float32 runs the stored weights as they are; the others run every
