@@ -355,13 +355,15 @@ def run_search_recipe(
         runs.append(run_record(problem, state, seed=seed, tests=tests, base_performance=base_p,
                                best_baseline_performance=baselines.best))
         histories.append(history_record(state, seed))
+        units = problem.unit_ids
+        del problem  # its module and prefix caches go before the next run builds its own
     payload = {
         "zoo": zoo.name,
         "backbone": zoo.manifest.backbone.model_dump(),
         "tasks": zoo.tasks,
         "recipe": recipe.model_dump(),
-        "units": problem.unit_ids,
-        "hv_reference": {"storage": float(problem.n_tasks), "performance": 0.0},
+        "units": units,
+        "hv_reference": {"storage": float(len(zoo.tasks)), "performance": 0.0},
         "bars": {"base_method_validation": base_p, "best_baseline_validation": baselines.best,
                  "best_baseline_validation_limit": baselines.val_limit},
         "runs": runs,
