@@ -296,7 +296,13 @@ def search(
             if not err_console.is_terminal:  # a log file gets one line per generation instead of a bar
                 click.echo(f"[{time.perf_counter() - started:7.0f} s] {line}", err=True)
 
-        payload = run_search_recipe(parsed, out_dir, store=store, resume=resume, callback=show)
+        def show_test(run: int, done: int, total: int) -> None:
+            line = f"run {run} test metrics of the Pareto set: {done}/{total} task runs"
+            bar.update(task, description=line)
+            if not err_console.is_terminal and (done == total or done % max(1, total // 10) == 0):
+                click.echo(f"[{time.perf_counter() - started:7.0f} s] {line}", err=True)
+
+        payload = run_search_recipe(parsed, out_dir, store=store, resume=resume, callback=show, test_progress=show_test)
     click.echo((out_dir / "summary.md").read_text())
     click.echo(f"wrote {out_dir}/pareto.json, history.json, summary.md, pareto.png ({len(payload['runs'])} run(s))")
 

@@ -16,7 +16,7 @@ and re-runs everything.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -217,18 +217,21 @@ class ZooMergeProblem(ExpertCosts):
 
     def split_metrics(
         self, gs: Sequence[GroupingMatrix], split: str, limit: int | None, *, known: dict | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> list[dict[str, float]]:
         """Each configuration's per-task metric on another split (the test metrics of the Pareto
         set), with the search's modules, one run per distinct (task, chain), in prefix-sharing order
         through a prefix cache of its own. ``known`` maps ``(task, chain)`` to metrics already
-        measured (it is filled in with the new ones)."""
+        measured (it is filled in with the new ones). ``progress(done, total)`` follows every task run."""
         known = {} if known is None else known
         pool = TaskPool(self.zoo, split=split, limit=limit, device=self.pool.device, precision=self.pool.precision)
         cache = PrefixCache(self.prefix_cache.max_bytes)
         chains = [[chain(g, t, self.unit_ids) for t in range(self.n_tasks)] for g in gs]
         todo = {(t, c) for per_task in chains for t, c in enumerate(per_task)} - set(known)
-        for key in sorted(todo, key=self._run_order):
+        for done, key in enumerate(sorted(todo, key=self._run_order), start=1):
             known[key] = self._run_on(pool, cache, *key)[0].metric
+            if progress is not None:
+                progress(done, len(todo))
         return [{name: known[(t, c)] for t, (name, c) in enumerate(zip(self.task_names, per_task, strict=True))}
                 for per_task in chains]
 

@@ -261,6 +261,7 @@ def run_one(
 
 def test_metrics(
     problem: ZooMergeProblem, gs: list[GroupingMatrix], limit: int | None, run_dir: Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[dict[str, float]]:
     """Each solution's per-task test metric (staged forwards with prefix reuse, results shared
     between equal expert chains). With ``run_dir``, metrics already in its ``test_metrics.json``
@@ -275,7 +276,7 @@ def test_metrics(
             stored = {GroupingMatrix.from_array(e["grouping"]): e["test"] for e in payload["solutions"]}
     known = {(t, chain(g, t, problem.unit_ids)): per_task[name]
              for g, per_task in stored.items() for t, name in enumerate(problem.task_names)}
-    tests = problem.split_metrics(gs, "test", limit, known=known)
+    tests = problem.split_metrics(gs, "test", limit, known=known, progress=progress)
     if path is not None:
         stored.update(zip(gs, tests, strict=True))
         write_json(path, {"split": "test", "limit": limit, "precision": precision,
@@ -319,12 +320,13 @@ def save_recipe(recipe: SearchRecipe, out_dir: Path) -> None:
 
 def run_search_recipe(
     recipe: SearchRecipe, out_dir: Path, *, store: ZooStore | None = None, resume: bool = False,
-    callback: Callable[..., None] | None = None,
+    callback: Callable[..., None] | None = None, test_progress: Callable[[int, int, int], None] | None = None,
 ) -> dict[str, Any]:
     """All runs of a recipe; writes the outputs and returns the ``pareto.json`` payload.
 
     ``callback(run, record)`` follows every generation; zoo runs also pass the evaluator's
     :class:`EvaluationCounters` as a third argument (layer forwards done against naive ones).
+    ``test_progress(run, done, total)`` follows the task runs of a zoo run's test metrics.
 
     A recipe with ``pretrained:`` + ``models:`` runs on the user's own models
     (:func:`modmerge.search.api.run_models_recipe`); a zoo recipe needs ``store``. ``resume`` with a
@@ -351,7 +353,8 @@ def run_search_recipe(
         )
         if base_p is None:
             base_p = whole_model_performance(problem)
-        tests = test_metrics(problem, [r.grouping for r in state.pareto()], recipe.test_limit, out_dir / f"run{i}")
+        tests = test_metrics(problem, [r.grouping for r in state.pareto()], recipe.test_limit, out_dir / f"run{i}",
+                             progress=None if test_progress is None else (lambda d, n, i=i: test_progress(i, d, n)))
         runs.append(run_record(problem, state, seed=seed, tests=tests, base_performance=base_p,
                                best_baseline_performance=baselines.best))
         histories.append(history_record(state, seed))

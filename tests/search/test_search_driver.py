@@ -23,7 +23,9 @@ def write(tmp_path, **fields):
 def test_search_writes_outputs_and_resumes_to_the_same_front(tiny_zoo, tmp_path):
     store = ZooStore(tiny_zoo.root.parent.parent)
     recipe = load_search_recipe(write(tmp_path))
-    payload = run_search_recipe(recipe, tmp_path / "run", store=store)
+    calls = []
+    payload = run_search_recipe(recipe, tmp_path / "run", store=store, test_progress=lambda *a: calls.append(a))
+    assert calls[-1][0] == 0 and calls[-1][1] == calls[-1][2] == len(calls) > 0  # one call per test task run
     for name in ("pareto.json", "history.json", "summary.md", "pareto.png"):
         assert (tmp_path / "run" / name).exists()
     history = json.loads((tmp_path / "run" / "history.json").read_text())["runs"][0]["generations"]
