@@ -51,7 +51,7 @@ def test_search_writes_outputs_and_resumes_to_the_same_front(tiny_zoo, tmp_path)
     assert cost["real_evaluations"] == 10 and cost["task_runs"] > 0
     assert json.loads((tmp_path / "run" / "run0" / "evaluation_cost.json").read_text()) == cost
     assert again["runs"][0]["evaluation_cost"] == cost
-    with pytest.raises(RecipeError, match="--resume .*searched with precision='float32'"):
+    with pytest.raises(RecipeError, match=r"--resume .*searched with precision='float32'"):
         run_search_recipe(load_search_recipe(write(tmp_path, precision="bfloat16")), tmp_path / "run", store=store,
                           resume=True)
 
