@@ -23,7 +23,6 @@ from collections.abc import Hashable, Sequence
 
 import torch
 
-from modmerge.errors import ModmergeError
 from modmerge.lru import BytesLRU
 
 PrefixKey = tuple[int, tuple[Hashable, ...]]
@@ -52,8 +51,6 @@ class PrefixCache:
     """
 
     def __init__(self, max_bytes: int) -> None:
-        if max_bytes < 0:
-            raise ModmergeError(f"prefix cache: max_bytes must be >= 0, got {max_bytes}")
         self._lru: BytesLRU[PrefixKey, list[torch.Tensor]] = BytesLRU(max_bytes)
         self.hits = 0
         self.stores = 0

@@ -212,7 +212,7 @@ def _run_models(
             architecture=recipe.architecture, rules=[(r.pattern, r.kind, r.stack) for r in recipe.rules],
             statistics=recipe.statistics, seed=seed, cache_bytes=recipe.cache_bytes, allow_pickle=recipe.allow_pickle,
         )
-        if out_dir is not None:
+        if out_dir is not None and i == 0:  # the checkpoints loaded: the search starts
             save_recipe(recipe, out_dir)
         state = run_seeded(
             problem, seed=seed, budget=recipe.budget, population=recipe.population, surrogate=recipe.surrogate,

@@ -234,7 +234,6 @@ def run_one(
     run reports covers every process that worked on it (a process killed between the two writes
     loses that one generation's counts)."""
     problem = zoo_problem(recipe, zoo, seed)
-    save_recipe(recipe, run_dir.parent)
     cost_path = run_dir / "evaluation_cost.json"
     if resume and cost_path.is_file() and (run_dir / "state.json").is_file():
         problem.counters = EvaluationCounters.from_record(json.loads(cost_path.read_text()))
@@ -340,6 +339,7 @@ def run_search_recipe(
     if store is None:
         raise RecipeError(f"zoo recipe '{recipe.zoo}': no zoo store given")
     zoo = store.load(recipe.zoo)
+    save_recipe(recipe, out_dir)  # the zoo exists: the search starts
     # G1's bar is F on the whole model measured on this search's own validation subset (the
     # baselines file may use other hyperparameters or another subset); G2's is the file's best.
     baselines = _baseline_figures(recipe.baselines, recipe.call().method)
