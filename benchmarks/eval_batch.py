@@ -5,6 +5,7 @@ Texts are batched longest first, so a smaller batch pads less; a larger one mult
 matrices. The figures chose ``DEFAULT_BATCH`` in :mod:`modmerge.zoo.taskpool`.
 
     .venv/bin/python benchmarks/eval_batch.py text --limit 200 --batch 128 64 32 16
+    .venv/bin/python benchmarks/eval_batch.py text --batch 32 --precision float32 bfloat16   # autocast
 
 Prints, per batch size, seconds per task (best of ``--repeats``, after one warm-up run), the
 total, examples/s, and the share of real tokens among the padded ones.
@@ -37,16 +38,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[128, 64, 32, 16])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precision", nargs="+", default=["float32"], help="evaluation precisions (TaskPool)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     zoo = ZooStore.default().load(args.zoo)
     modality = zoo.entry(zoo.tasks[0]).modality
     print(f"zoo {args.zoo}: {len(zoo.tasks)} tasks, first {args.limit} validation examples each, "
           f"{args.threads} threads; default batch {DEFAULT_BATCH[modality]}")
-    print("| batch | " + " | ".join(zoo.tasks) + " | total s | examples/s | real/padded tokens |")
-    print("|---|" + "---|" * (len(zoo.tasks) + 3))
-    for size in args.batch:
-        pool = TaskPool(zoo, split="validation", limit=args.limit, batch_size=size)
+    print("| precision | batch | " + " | ".join(zoo.tasks) + " | total s | examples/s | real/padded tokens |")
+    print("|---|---|" + "---|" * (len(zoo.tasks) + 3))
+    for precision, size in [(p, b) for p in args.precision for b in args.batch]:
+        pool = TaskPool(zoo, split="validation", limit=args.limit, batch_size=size, precision=precision)
         seconds, real, padded = [], 0.0, 0.0
         for task in zoo.tasks:
             state = pool.own_state(task)
@@ -64,7 +66,7 @@ def main() -> None:
                 padded += float(inputs.lengths.sum()) / share
         n = args.limit * len(zoo.tasks)
         tokens = f"{real / padded:.2f}" if padded else "-"
-        print(f"| {size} | " + " | ".join(f"{s:.2f}" for s in seconds)
+        print(f"| {precision} | {size} | " + " | ".join(f"{s:.2f}" for s in seconds)
               + f" | {sum(seconds):.2f} | {n / sum(seconds):.0f} | {tokens} |")
 
 
