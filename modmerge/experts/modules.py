@@ -37,6 +37,16 @@ class ModuleKey:
     def id(self) -> str:
         return f"{self.unit}@{'+'.join(map(str, self.members))}"
 
+    @classmethod
+    def from_id(cls, text: str) -> ModuleKey:
+        """Inverse of :attr:`id`.
+
+        >>> ModuleKey.from_id("layer0.attn@0+2")
+        ModuleKey(unit='layer0.attn', members=(0, 2))
+        """
+        unit, _, members = text.rpartition("@")
+        return cls(unit=unit, members=tuple(int(m) for m in members.split("+")))
+
 
 @dataclass
 class Module:

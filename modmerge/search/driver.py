@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from modmerge.errors import RecipeError
+from modmerge.experts.modules import ModuleKey
 from modmerge.objectives.performance import EvaluationCounters, ZooMergeProblem, chain
 from modmerge.quantization import QuantConfig
 from modmerge.recipes.plan import MethodCall
@@ -260,26 +262,50 @@ def run_one(
 
 def test_metrics(
     problem: ZooMergeProblem, gs: list[GroupingMatrix], limit: int | None, run_dir: Path | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None, save_every: float = 60.0,
 ) -> list[dict[str, float]]:
     """Each solution's per-task test metric (staged forwards with prefix reuse, results shared
     between equal expert chains). With ``run_dir``, metrics already in its ``test_metrics.json``
-    (same limit and precision) are reused and the new ones written there, so a resumed search does
-    not measure a finished run's Pareto set again."""
+    (same limit and precision) are reused and the new ones written there: every ``save_every``
+    seconds the task runs measured so far (by task and expert chain), at the end each solution's
+    metrics. So a resumed search neither measures a finished run's Pareto set again nor loses
+    more than ``save_every`` seconds of a test phase that was cut off."""
     path = None if run_dir is None else run_dir / "test_metrics.json"
     precision = problem.pool.precision
     stored: dict[GroupingMatrix, dict[str, float]] = {}
+    known: dict[tuple[int, tuple[ModuleKey, ...]], float] = {}
     if path is not None and path.is_file():
         payload = json.loads(path.read_text())
         if payload.get("limit") == limit and payload.get("precision", "float32") == precision:
             stored = {GroupingMatrix.from_array(e["grouping"]): e["test"] for e in payload["solutions"]}
-    known = {(t, chain(g, t, problem.unit_ids)): per_task[name]
-             for g, per_task in stored.items() for t, name in enumerate(problem.task_names)}
-    tests = problem.split_metrics(gs, "test", limit, known=known, progress=progress)
+            tasks = {name: t for t, name in enumerate(problem.task_names)}
+            known = {(tasks[e["task"]], tuple(map(ModuleKey.from_id, e["chain"]))): e["metric"]
+                     for e in payload.get("task_runs", []) if e["task"] in tasks}
+    known.update({(t, chain(g, t, problem.unit_ids)): per_task[name]
+                  for g, per_task in stored.items() for t, name in enumerate(problem.task_names)})
+
+    def record(task_runs: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {"split": "test", "limit": limit, "precision": precision,
+                               "solutions": [{"grouping": g.to_list(), "test": t} for g, t in stored.items()]}
+        if task_runs:  # a test phase in progress: every (task, chain) measured so far
+            out["task_runs"] = [{"task": problem.task_names[t], "chain": [m.id for m in c], "metric": v}
+                                for (t, c), v in known.items()]
+        return out
+
+    last_save = time.monotonic()
+
+    def on_task_run(done: int, total: int) -> None:
+        nonlocal last_save
+        if path is not None and time.monotonic() - last_save >= save_every:
+            write_json(path, record(task_runs=True))
+            last_save = time.monotonic()
+        if progress is not None:
+            progress(done, total)
+
+    tests = problem.split_metrics(gs, "test", limit, known=known, progress=on_task_run)
     if path is not None:
         stored.update(zip(gs, tests, strict=True))
-        write_json(path, {"split": "test", "limit": limit, "precision": precision,
-                          "solutions": [{"grouping": g.to_list(), "test": t} for g, t in stored.items()]})
+        write_json(path, record(task_runs=False))
     return tests
 
 

@@ -93,3 +93,31 @@ def test_split_metrics_match_full_forwards_on_the_test_split(ta_problem, tiny_zo
     # known metrics are not measured again
     fake = {key: -1.0 for key in known}
     assert p.split_metrics(gs[:1], "test", 24, known=fake)[0] == dict.fromkeys(tiny_zoo.tasks, -1.0)
+
+
+def test_a_cut_off_test_phase_resumes_from_its_saved_task_runs(ta_problem, tiny_zoo, tmp_path):
+    import json
+
+    from modmerge.search.driver import test_metrics
+
+    p = ta_problem
+    rng = np.random.default_rng(5)
+    gs = [GroupingMatrix.from_array(rng.integers(0, 3, (p.n_tasks, p.n_units))) for _ in range(3)]
+
+    class Cut(Exception):
+        pass
+
+    def stop_after_three(done, total):
+        if done == 3:
+            raise Cut
+
+    with pytest.raises(Cut):  # saved after every task run (save_every=0), then killed
+        test_metrics(p, gs, 24, tmp_path, progress=stop_after_three, save_every=0)
+    saved = json.loads((tmp_path / "test_metrics.json").read_text())
+    assert saved["solutions"] == [] and len(saved["task_runs"]) == 3
+    totals: list[int] = []
+    resumed = test_metrics(p, gs, 24, tmp_path, progress=lambda done, total: totals.append(total))
+    assert p.split_metrics(gs, "test", 24) == resumed  # same figures as a phase run in one go
+    assert totals[-1] == len({(t, chain(g, t, p.unit_ids)) for g in gs for t in range(p.n_tasks)}) - 3
+    final = json.loads((tmp_path / "test_metrics.json").read_text())
+    assert "task_runs" not in final and [s["test"] for s in final["solutions"]] == resumed
