@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import secrets
 import time
 from pathlib import Path
 from typing import Any
 
 import click
 
+from modmerge.atomic import write_json, write_text
 from modmerge.cli import _friendly, _task_progress, err_console, main
 from modmerge.errors import ModmergeError
 
@@ -96,16 +95,7 @@ def export(lib_dir: Path, out_dir: Path, config_id: str, task: str, overwrite: b
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     """All lines or none: a temporary sibling renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{secrets.token_hex(4)}"
-    try:
-        with tmp.open("w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 @main.command("evaluate")
@@ -155,10 +145,7 @@ def evaluate(lib_dir: Path, budgets: tuple[float, ...], split: str, limit: int |
                       routed, "-" if acc is None else f"{100 * acc:.1f}")
     Console().print(table)
     if out_path is not None:
-        tmp = out_path.with_name(f".{out_path.name}.tmp-{secrets.token_hex(4)}")
-        tmp.write_text(json.dumps({"library": str(lib.root), "split": split, "limit": limit, "rows": rows},
-                                  indent=2, default=float))
-        os.replace(tmp, out_path)
+        write_json(out_path, {"library": str(lib.root), "split": split, "limit": limit, "rows": rows})
 
 
 def _default_budgets(costs: list[float]) -> tuple[float, ...]:

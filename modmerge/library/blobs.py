@@ -11,8 +11,6 @@ tensor([1., 1.])
 from __future__ import annotations
 
 import hashlib
-import os
-import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 
+from modmerge.atomic import write_bytes
 from modmerge.library.manifest import LibraryError
 
 SUFFIX = ".safetensors"
@@ -42,11 +41,7 @@ def write_blob(blobs_dir: Path, state: Mapping[str, torch.Tensor]) -> tuple[str,
     digest = hashlib.sha256(data).hexdigest()
     final = blob_path(blobs_dir, digest)
     if not final.exists():
-        # Temp file + rename: a crash never leaves a partial file under a valid-looking name.
-        tmp = Path(blobs_dir) / f".{digest}.tmp-{secrets.token_hex(4)}"
-        with tmp.open("wb") as f:
-            f.write(data)
-        os.replace(tmp, final)
+        write_bytes(final, data)  # a crash never leaves a partial file under a valid-looking name
     return digest, len(data)
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
-import os
 import secrets
 import shutil
 from collections.abc import Callable, Mapping
@@ -28,6 +27,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
+from modmerge.atomic import write_text
 from modmerge.checkpoints.writer import COPY_PATTERNS, move_into_place
 from modmerge.errors import ModmergeError
 from modmerge.experts.modules import Module, ModuleKey
@@ -305,9 +305,7 @@ def _copy_backbone(zoo: Zoo, out: Path) -> None:
 
 
 def _write_manifest(staging: Path, manifest: LibraryManifest) -> None:
-    tmp = staging / ".manifest.json.tmp"
-    tmp.write_text(manifest.model_dump_json(indent=2))
-    os.replace(tmp, staging / "manifest.json")
+    write_text(staging / "manifest.json", manifest.model_dump_json(indent=2))
 
 
 def _swap_in(staging: Path, lib_dir: Path) -> None:

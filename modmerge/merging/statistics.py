@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from itertools import islice
 from pathlib import Path
@@ -35,6 +33,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
+from modmerge.atomic import atomic_file
 from modmerge.errors import CheckpointError, MergeMethodError
 
 KINDS = ("fisher", "gram")
@@ -304,15 +303,8 @@ def save_statistics(path: str | Path, stats: Mapping[str, torch.Tensor], metadat
     if bad:
         raise MergeMethodError(f"statistics: metadata values must be strings, not for {bad}")
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in stats.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

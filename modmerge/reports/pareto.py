@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from modmerge.atomic import atomic_file
+
 
 def _mean_std(values: Sequence[float], digits: int = 1) -> str:
     if not values:
@@ -139,5 +141,6 @@ def plot_front(payload: dict[str, Any], baseline_rows: Sequence[dict[str, Any]],
     ax.set_title(f"{payload['zoo']} zoo" if payload.get("zoo") else "own models")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
     plt.close(fig)

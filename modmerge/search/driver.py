@@ -41,6 +41,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from modmerge.atomic import write_json
 from modmerge.errors import RecipeError
 from modmerge.experts.modules import ModuleKey
 from modmerge.objectives.performance import EvaluationCounters, ZooMergeProblem, chain
@@ -53,7 +54,6 @@ from modmerge.search.outputs import (
     run_record,
     run_seeded,
     whole_model_performance,
-    write_json,
     write_run_dir,
 )
 from modmerge.search.state import GenerationRecord, SearchState

@@ -12,14 +12,13 @@ cost) and the run directory (:func:`write_run_dir`: ``pareto.json``, ``history.j
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from modmerge.atomic import write_json, write_text
 from modmerge.objectives.performance import Chain, EvaluationCounters, chain
 from modmerge.search.config import SearchConfig
 from modmerge.search.grouping import GroupingMatrix
@@ -153,15 +152,8 @@ def write_run_dir(out_dir: Path, payload: dict[str, Any], histories: list[dict[s
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "pareto.json", payload)
     write_json(out_dir / "history.json", {"runs": histories})
-    (out_dir / "summary.md").write_text(summary_markdown(payload, list(baseline_rows)))
+    write_text(out_dir / "summary.md", summary_markdown(payload, list(baseline_rows)))
     plot_front(payload, list(baseline_rows), out_dir / "pareto.png")
-
-
-def write_json(path: Path, payload: Any) -> None:
-    """Atomic JSON write (a reader never sees half a file)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=float))
-    os.replace(tmp, path)
 
 
 class _Sol:

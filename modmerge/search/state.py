@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from modmerge.atomic import write_json
 from modmerge.errors import ModmergeError
 from modmerge.search.config import SearchConfig
 from modmerge.search.grouping import GroupingMatrix
@@ -184,18 +184,7 @@ def save_state(state: SearchState, path: str | os.PathLike[str]) -> None:
 
     A crash mid-write leaves the previous state file intact.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(state.to_dict(), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json(path, state.to_dict(), indent=None)
 
 
 def load_state(path: str | os.PathLike[str]) -> SearchState:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import secrets
 import shutil
 import time
@@ -45,6 +44,7 @@ from rich.progress import Progress
 from safetensors.torch import save_file
 from torch import nn
 
+from modmerge.atomic import atomic_file, write_json
 from modmerge.checkpoints import TensorInfo, write_model_directory
 from modmerge.zoo.datasets import Split, TaskData
 from modmerge.zoo.manifest import BackboneInfo, TaskEntry, ZooManifest
@@ -86,12 +86,6 @@ def new_head(hidden_size: int, num_labels: int, *, seed: int) -> nn.Linear:
         head.weight.normal_(0.0, 0.02, generator=torch.Generator().manual_seed(seed))
         head.bias.zero_()
     return head
-
-
-def _write_json_atomic(path: Path, payload: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def _config_dict(model: transformers.PreTrainedModel) -> dict[str, Any]:
@@ -177,7 +171,7 @@ class ZooWriter:
             shutil.rmtree(self.backbone_dir)
         tmp.rename(self.backbone_dir)
         info = info.model_copy(update={"path": "backbone"})
-        _write_json_atomic(self.root / BACKBONE_FILE, info.model_dump(mode="json"))
+        write_json(self.root / BACKBONE_FILE, info.model_dump(mode="json"))
         return info
 
     # -- tasks ------------------------------------------------------------------------------
@@ -220,9 +214,8 @@ class ZooWriter:
         rel_dir, rel_data = f"tasks/{name}", f"data/{name}.pt"
         splits = data.splits() if isinstance(data, TaskData) else dict(data)
         data_path = self.root / rel_data
-        tmp_data = data_path.with_name(f".{data_path.name}.tmp-{secrets.token_hex(4)}")
-        torch.save({split: _split_payload(s) for split, s in splits.items()}, tmp_data)
-        os.replace(tmp_data, data_path)
+        with atomic_file(data_path) as tmp_data:
+            torch.save({split: _split_payload(s) for split, s in splits.items()}, tmp_data)
 
         tmp = self._tmp_dir(f"tasks/{name}")
         self._save_body(body, tmp / "body")
@@ -241,7 +234,7 @@ class ZooWriter:
             "head_parameters": sum(t.numel() for t in head_tensors.values()),
             "split_sizes": {split: len(s) for split, s in splits.items()}, "sha256": hashes,
         })
-        _write_json_atomic(final / TASK_FILE, entry.model_dump(mode="json"))
+        write_json(final / TASK_FILE, entry.model_dump(mode="json"))
         self._entries[name] = entry
         return entry
 
@@ -256,7 +249,7 @@ class ZooWriter:
             packages=package_versions(), backbone=info, tasks=list(self._entries.values()),
             build_seconds=round(build_seconds, 2), notes=list(notes), sha256=hashes,
         )
-        _write_json_atomic(self.root / MANIFEST_FILE, manifest.model_dump(mode="json"))
+        write_json(self.root / MANIFEST_FILE, manifest.model_dump(mode="json"))
         logger.info("zoo %s: manifest written (%d tasks)", self.name, len(manifest.tasks))
         return manifest
 
@@ -295,7 +288,7 @@ class ZooWriter:
                     f"delete {self.root} to rebuild with a new seed"
                 )
         else:
-            _write_json_atomic(path, {"name": self.name, "seed": self.seed})
+            write_json(path, {"name": self.name, "seed": self.seed})
 
 
 def _linear_schedule(total: int, warmup: int) -> Callable[[int], float]:

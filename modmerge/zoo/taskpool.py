@@ -24,8 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import secrets
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -37,6 +35,7 @@ import transformers
 from rich.progress import Progress
 from torch import nn
 
+from modmerge.atomic import atomic_file
 from modmerge.components import decompose
 from modmerge.zoo.batching import EncodedTexts, eval_batches, pixel_values, take_first, tokenize
 from modmerge.zoo.manifest import TaskEntry
@@ -417,10 +416,8 @@ class TaskPool:
         self.encodings += 1
         encoded = encode_inputs(entry, raw, self._get_tokenizer())
         try:
-            path.parent.mkdir(exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
-            torch.save(encoded.to_payload(), tmp)  # type: ignore[union-attr]
-            os.replace(tmp, path)
+            with atomic_file(path) as tmp:
+                torch.save(encoded.to_payload(), tmp)  # type: ignore[union-attr]
         except OSError as err:
             logger.warning("cannot cache tokenised %s/%s at %s (%s)", entry.name, split, path, err)
         return encoded
