@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from search_synthetic import SyntheticProblem
@@ -16,7 +17,6 @@ from modmerge.search import (
     run_search,
     save_state,
 )
-from modmerge.search import state as state_module
 
 CFG = SearchConfig(
     hv_storage_ref=1.05, hv_performance_ref=0.0, population_size=8, budget=50, seed=11, rf_trees=15
@@ -124,11 +124,12 @@ def test_save_is_atomic(tmp_path, monkeypatch, golden_run):
     path = tmp_path / "full.json"
     before = path.read_bytes()
 
-    def broken_dump(obj, f):
-        f.write('{"half": ')
+    def broken_write(self, data):
+        with open(self, "wb") as f:
+            f.write(data[: len(data) // 2])
         raise OSError("disk full")
 
-    monkeypatch.setattr(state_module.json, "dump", broken_dump)
+    monkeypatch.setattr(Path, "write_bytes", broken_write)
     with pytest.raises(OSError, match="disk full"):
         save_state(full, path)
     assert path.read_bytes() == before
