@@ -4,6 +4,10 @@ never half of one.
 Every file modmerge writes in place (run states, outputs, manifests, caches, blobs) goes through
 :func:`atomic_file`: the content is written to a hidden temporary sibling, flushed to disk, and
 renamed over the target; on any error the temporary file is removed and the target is untouched.
+Folders (model directories, expert libraries) are built in a :func:`staging_dir` beside the
+target and renamed into place; a build killed outright (SIGKILL, power loss) cannot clean up, so
+the next build of the same target removes what dead builds on this host left
+(:func:`remove_dead_staging`).
 
 >>> import tempfile
 >>> path = Path(tempfile.mkdtemp()) / "out.json"
@@ -16,7 +20,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
+import shutil
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,3 +65,44 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
 def write_json(path: str | os.PathLike[str], payload: Any, *, indent: int | None = 2) -> None:
     """``payload`` as JSON, atomically (numpy and torch scalars are written as floats)."""
     write_text(path, json.dumps(payload, indent=indent, default=float) + "\n")
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
+
+
+def staging_dir(target: str | os.PathLike[str]) -> Path:
+    """Create a hidden sibling folder to build ``target`` in, named after this process and host
+    (``.NAME.tmp-PID@HOST-XXXXXXXX``), so a later build can tell a dead build's leftovers from a
+    live one's. The parent folder is created if missing."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    path = target.with_name(f".{target.name}.tmp-{os.getpid()}@{_host()}-{secrets.token_hex(4)}")
+    path.mkdir()
+    return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_dead_staging(target: str | os.PathLike[str]) -> list[Path]:
+    """Remove the :func:`staging_dir` folders of ``target`` whose process, on this host, is gone;
+    returns them. Folders of live processes and of other hosts (a shared file system) stay."""
+    target = Path(target)
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.tmp-(\d+)@(.+)-[0-9a-f]{{8}}$")
+    removed = []
+    if not target.parent.is_dir():
+        return removed
+    for path in target.parent.iterdir():
+        match = pattern.match(path.name)
+        if match and match.group(2) == _host() and not _alive(int(match.group(1))):
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from modmerge.atomic import remove_dead_staging, staging_dir
 from modmerge.checkpoints.resolve import SAFETENSORS_INDEX
 from modmerge.checkpoints.safetensors_io import StreamingSafetensorsWriter
 from modmerge.checkpoints.source import TensorInfo
@@ -113,9 +114,8 @@ def write_model_directory(
         raise CheckpointError(f"{out_dir}: directory exists and is not empty (use overwrite)")
     if max_shard_bytes <= 0:
         raise CheckpointError(f"{out_dir}: max_shard_bytes must be positive, got {max_shard_bytes}")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{secrets.token_hex(4)}"
-    tmp.mkdir()
+    remove_dead_staging(out_dir)
+    tmp = staging_dir(out_dir)
     try:
         _write_weights(out_dir, tmp, tensors, specs, metadata or {}, max_shard_bytes, progress)
         if config is not None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
-import secrets
 import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from modmerge.atomic import write_text
+from modmerge.atomic import remove_dead_staging, staging_dir, write_text
 from modmerge.checkpoints.writer import COPY_PATTERNS, move_into_place
 from modmerge.errors import ModmergeError
 from modmerge.experts.modules import Module, ModuleKey
@@ -78,9 +77,8 @@ def build_library(
     run_dir, lib_dir = Path(run_dir), Path(lib_dir)
     payload = _read_pareto(run_dir / "pareto.json")
     zoo = (zoo_store or ZooStore.default()).load(str(payload["zoo"]))
-    lib_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = lib_dir.parent / f".{lib_dir.name}.tmp-{secrets.token_hex(4)}"
-    staging.mkdir()
+    remove_dead_staging(lib_dir)
+    staging = staging_dir(lib_dir)
     try:
         manifest = _build_into(staging, run_dir, payload, zoo, router, progress)
         _write_manifest(staging, manifest)

@@ -21,7 +21,6 @@ Example::
 from __future__ import annotations
 
 import json
-import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ import transformers
 from safetensors.torch import save_file
 from torch import nn
 
+from modmerge.atomic import remove_dead_staging, staging_dir
 from modmerge.checkpoints.source import TensorInfo
 from modmerge.checkpoints.writer import move_into_place, write_model_directory
 from modmerge.errors import ModmergeError
@@ -98,11 +98,11 @@ def export_model(
                                  "note": "logits = classifier(" + ("pooler_output" if entry.pooling == "pooler"
                                                                    else "last_hidden_state[:, 0]") + ")"}
     head_tensors = {f"classifier.{k}": v.detach().contiguous() for k, v in head.classifier.state_dict().items()}
-    staging = out_dir.parent / f".{out_dir.name}.export-{secrets.token_hex(4)}"
+    remove_dead_staging(out_dir)
+    staging = staging_dir(out_dir)
     try:
         _write(staging, body_state(base), base.config, backbone_dir, True)
         save_file(head_tensors, str(staging / HEAD_FILE), metadata={"pooling": entry.pooling, "task": task})
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
         move_into_place(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
