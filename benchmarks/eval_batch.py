@@ -59,7 +59,7 @@ def main() -> None:
                 pool.evaluate_from(task, state)
                 best = min(best, time.perf_counter() - started)
             seconds.append(best)
-            inputs = pool._inputs(task, "validation")
+            inputs = pool.inputs(task, "validation")
             share = padding_share(inputs, size)
             if share is not None:
                 real += float(inputs.lengths.sum())

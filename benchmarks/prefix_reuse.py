@@ -113,7 +113,7 @@ def replay(args: argparse.Namespace) -> dict:
     hidden = int(pool._body(zoo.entry(zoo.tasks[0]).modality).config.hidden_size)
     entry_bytes = [
         sum(len(idx) * next(iter(b.values())).shape[1] * hidden * 4 for idx, b in
-            eval_batches(pool._inputs(t, "validation"), pool.batch_size(zoo.entry(t))))
+            eval_batches(pool.inputs(t, "validation"), pool.batch_size(zoo.entry(t))))
         for t in zoo.tasks
     ]
     units = zoo.component_map().units("component", exclude_kinds=("head",))

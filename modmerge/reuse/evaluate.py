@@ -46,8 +46,8 @@ def evaluate_library(
     for task in engine.tasks:
         entry = zoo.entry(task)
         labels = pool.labels(task, split)
-        # the pool's encoded split (its only accessor): same tokenisation and max_length as the search used
-        encoded = pool._inputs(task, split)
+        # the pool's encoded split: same tokenisation and max_length as the search used
+        encoded = pool.inputs(task, split)
         oracle = engine.predict_encoded(encoded, [task] * len(labels))
         row: dict[str, Any] = {"metric": entry.metric, "examples": len(labels),
                                "oracle": score(entry, labels, _labels(oracle)), "routed": None, "routing_accuracy": None}

@@ -224,7 +224,7 @@ class TaskPool:
     def predictions(self, task: str, body_state: State | None = None, split: str | None = None) -> torch.Tensor:
         """Predicted class ids (real values for regression tasks), in the split's stored order."""
         entry, split = self.zoo.entry(task), split or self.split
-        inputs = self._inputs(task, split)
+        inputs = self.inputs(task, split)
         model = self.task_model(task, body_state)
         started = time.perf_counter()
         preds = predict(
@@ -275,7 +275,7 @@ class TaskPool:
         if missing:
             raise ZooError(f"task '{task}': body state misses {missing[:3]} (stages from {first_stage} on)")
         load_partial_state(staged.body, {k: state[k] for k in needed})
-        inputs, head = self._inputs(task, self.split), self._head(task)
+        inputs, head = self.inputs(task, self.split), self._head(task)
         regression = entry.metric in REGRESSION_METRICS
         preds = torch.empty(len(inputs), dtype=torch.float32 if regression else torch.int64)
         kept: dict[int, list[torch.Tensor]] = {i: [] for i in keep_layers if start_layer <= i < staged.n_layers}
@@ -303,7 +303,7 @@ class TaskPool:
     def labels(self, task: str, split: str | None = None) -> torch.Tensor:
         """Labels of the evaluated examples (first ``limit`` of the split), in stored order."""
         split = split or self.split
-        self._inputs(task, split)
+        self.inputs(task, split)
         return self._labels[(task, split)]
 
     def features(self, task: str, split: str | None = None, *, pool: Pool | None = None) -> torch.Tensor:
@@ -313,7 +313,7 @@ class TaskPool:
         ``pool(body, batch)`` when given: the router pools every task the same way.
         """
         entry, split = self.zoo.entry(task), split or self.split
-        inputs = self._inputs(task, split)
+        inputs = self.inputs(task, split)
         body = self._body(entry.modality)
         load_body_state(body, self._backbone_state())
         model = TaskClassifier(body, self._head(task), entry.pooling).eval()
@@ -351,7 +351,7 @@ class TaskPool:
         """The evaluated examples as model-input batches with a ``labels`` entry (for Fisher and
         RegMean statistics: ``model(**batch without labels)`` gives logits)."""
         entry, split = self.zoo.entry(task), split or self.split
-        inputs, labels = self._inputs(task, split), self.labels(task, split)
+        inputs, labels = self.inputs(task, split), self.labels(task, split)
         return [
             {**{k: v.to(self.device) for k, v in batch.items()}, "labels": labels[idx].to(self.device)}
             for idx, batch in eval_batches(inputs, self.batch_size(entry))
@@ -392,7 +392,9 @@ class TaskPool:
             self._heads[task] = head_from_state(self.zoo.task_head(task)).to(self.device)
         return self._heads[task]
 
-    def _inputs(self, task: str, split: str) -> Encoded:
+    def inputs(self, task: str, split: str) -> Encoded:
+        """Task ``task``'s encoded split (the first ``limit`` examples), tokenised once and cached: what
+        every evaluation of the pool runs on."""
         key = (task, split)
         if key not in self._encoded:
             entry = self.zoo.entry(task)

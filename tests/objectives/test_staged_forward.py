@@ -34,7 +34,7 @@ def test_bert_stages_equal_the_full_forward_on_padded_batches(pool, tiny_zoo):
     model = pool.task_model(task)
     staged = staged_body(model.body)
     assert staged is not None and staged.n_layers == 2
-    inputs = pool._inputs(task, "validation")
+    inputs = pool.inputs(task, "validation")
     padded = 0
     with torch.inference_mode():
         for _, batch in eval_batches(inputs, 16):
