@@ -217,19 +217,31 @@ class ZooMergeProblem(ExpertCosts):
 
     def split_metrics(
         self, gs: Sequence[GroupingMatrix], split: str, limit: int | None, *, known: dict | None = None,
-        progress: Callable[[int, int], None] | None = None,
+        progress: Callable[[int, int], None] | None = None, counters: EvaluationCounters | None = None,
     ) -> list[dict[str, float]]:
         """Each configuration's per-task metric on another split (the test metrics of the Pareto
         set), with the search's modules, one run per distinct (task, chain), in prefix-sharing order
         through a prefix cache of its own. ``known`` maps ``(task, chain)`` to metrics already
-        measured (it is filled in with the new ones). ``progress(done, total)`` follows every task run."""
+        measured (it is filled in with the new ones). ``progress(done, total)`` follows every task run.
+        ``counters`` gets the work done (added) and a naive evaluator's (one full forward per solution
+        and task: set)."""
         known = {} if known is None else known
         pool = TaskPool(self.zoo, split=split, limit=limit, device=self.pool.device, precision=self.pool.precision)
         cache = PrefixCache(self.prefix_cache.max_bytes)
         chains = [[chain(g, t, self.unit_ids) for t in range(self.n_tasks)] for g in gs]
         todo = {(t, c) for per_task in chains for t, c in enumerate(per_task)} - set(known)
+        counters = EvaluationCounters() if counters is None else counters
+        counters.configurations = len(gs)
+        counters.task_runs_naive = len(gs) * self.n_tasks
+        counters.layer_forwards_naive = counters.task_runs_naive * self.n_layers
         for done, key in enumerate(sorted(todo, key=self._run_order), start=1):
-            known[key] = self._run_on(pool, cache, *key)[0].metric
+            started = time.perf_counter()
+            run, resumed = self._run_on(pool, cache, *key)
+            known[key] = run.metric
+            counters.task_runs += 1
+            counters.layer_forwards += run.layers_run
+            counters.prefix_hits += resumed
+            counters.seconds += time.perf_counter() - started
             if progress is not None:
                 progress(done, len(todo))
         return [{name: known[(t, c)] for t, (name, c) in enumerate(zip(self.task_names, per_task, strict=True))}

@@ -98,6 +98,15 @@ def summary_markdown(payload: dict[str, Any], baseline_rows: Sequence[dict[str, 
             f"{layers_naive} for a naive evaluator ({100 * (1 - layers / max(layers_naive, 1)):.0f}% saved by the "
             f"chain and prefix caches; {sum(c['prefix_hits'] for c in costs)} task runs resumed from cached hidden states)."
         )
+    tests = [r.get("test_cost") for r in payload["runs"]]
+    if tests and all(tests):  # runs tested before the cost was recorded have none
+        layers, layers_naive = sum(c["layer_forwards"] for c in tests), sum(c["layer_forwards_naive"] for c in tests)
+        lines.append(
+            f"Test metrics of the Pareto set{'s' if len(tests) > 1 else ''}: {sum(c['real_evaluations'] for c in tests)} "
+            f"solutions, {sum(c['task_runs'] for c in tests)} task runs against {sum(c['task_runs_naive'] for c in tests)}, "
+            f"{layers} encoder layer forwards against {layers_naive} ({100 * (1 - layers / max(layers_naive, 1)):.0f}% "
+            f"saved), {sum(c['seconds'] for c in tests) / 60:.1f} min."
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -260,20 +260,30 @@ def run_one(
     return state, problem
 
 
+class TestMetrics(NamedTuple):
+    """The Pareto set's test figures: per solution, task -> metric; and the work they took
+    (None for a run whose test metrics were stored before their cost was recorded)."""
+
+    per_solution: list[dict[str, float]]
+    cost: EvaluationCounters | None
+
+
 def test_metrics(
     problem: ZooMergeProblem, gs: list[GroupingMatrix], limit: int | None, run_dir: Path | None = None,
     progress: Callable[[int, int], None] | None = None, save_every: float = 60.0,
-) -> list[dict[str, float]]:
+) -> TestMetrics:
     """Each solution's per-task test metric (staged forwards with prefix reuse, results shared
-    between equal expert chains). With ``run_dir``, metrics already in its ``test_metrics.json``
-    (same limit and precision) are reused and the new ones written there: every ``save_every``
-    seconds the task runs measured so far (by task and expert chain), at the end each solution's
-    metrics. So a resumed search neither measures a finished run's Pareto set again nor loses
-    more than ``save_every`` seconds of a test phase that was cut off."""
+    between equal expert chains), and the work it took. With ``run_dir``, metrics already in its
+    ``test_metrics.json`` (same limit and precision) are reused and the new ones written there:
+    every ``save_every`` seconds the task runs measured so far (by task and expert chain) with
+    their cost, at the end each solution's metrics. So a resumed search neither measures a
+    finished run's Pareto set again nor loses more than ``save_every`` seconds of a test phase
+    that was cut off, and the cost covers every process that worked on it."""
     path = None if run_dir is None else run_dir / "test_metrics.json"
     precision = problem.pool.precision
     stored: dict[GroupingMatrix, dict[str, float]] = {}
     known: dict[tuple[int, tuple[ModuleKey, ...]], float] = {}
+    cost: EvaluationCounters | None = EvaluationCounters()
     if path is not None and path.is_file():
         payload = json.loads(path.read_text())
         if payload.get("limit") == limit and payload.get("precision", "float32") == precision:
@@ -281,11 +291,14 @@ def test_metrics(
             tasks = {name: t for t, name in enumerate(problem.task_names)}
             known = {(tasks[e["task"]], tuple(map(ModuleKey.from_id, e["chain"]))): e["metric"]
                      for e in payload.get("task_runs", []) if e["task"] in tasks}
+            saved_cost = payload.get("cost")
+            cost = EvaluationCounters.from_record(saved_cost) if saved_cost else None if stored or known else cost
     known.update({(t, chain(g, t, problem.unit_ids)): per_task[name]
                   for g, per_task in stored.items() for t, name in enumerate(problem.task_names)})
 
     def record(task_runs: bool) -> dict[str, Any]:
         out: dict[str, Any] = {"split": "test", "limit": limit, "precision": precision,
+                               "cost": None if cost is None else cost.cost_record(),
                                "solutions": [{"grouping": g.to_list(), "test": t} for g, t in stored.items()]}
         if task_runs:  # a test phase in progress: every (task, chain) measured so far
             out["task_runs"] = [{"task": problem.task_names[t], "chain": [m.id for m in c], "metric": v}
@@ -302,11 +315,12 @@ def test_metrics(
         if progress is not None:
             progress(done, total)
 
-    tests = problem.split_metrics(gs, "test", limit, known=known, progress=on_task_run)
+    tests = problem.split_metrics(gs, "test", limit, known=known, progress=on_task_run,
+                                  counters=EvaluationCounters() if cost is None else cost)
     if path is not None:
         stored.update(zip(gs, tests, strict=True))
         write_json(path, record(task_runs=False))
-    return tests
+    return TestMetrics(tests, cost)
 
 
 # Recipe fields that do not change what a run's objective values mean: a resumed search may change them.
@@ -381,8 +395,8 @@ def run_search_recipe(
             base_p = whole_model_performance(problem)
         tests = test_metrics(problem, [r.grouping for r in state.pareto()], recipe.test_limit, out_dir / f"run{i}",
                              progress=None if test_progress is None else (lambda d, n, i=i: test_progress(i, d, n)))
-        runs.append(run_record(problem, state, seed=seed, tests=tests, base_performance=base_p,
-                               best_baseline_performance=baselines.best))
+        runs.append(run_record(problem, state, seed=seed, tests=tests.per_solution, base_performance=base_p,
+                               best_baseline_performance=baselines.best, test_cost=tests.cost))
         histories.append(history_record(state, seed))
         units = problem.unit_ids
         del problem  # its module and prefix caches go before the next run builds its own

@@ -106,8 +106,10 @@ def whole_model_performance(problem: ChainProblem) -> float:
 def run_record(
     problem: ChainProblem, state: SearchState, *, seed: int, tests: Sequence[dict[str, float]] | None,
     base_performance: float | None, best_baseline_performance: float | None = None,
+    test_cost: EvaluationCounters | None = None,
 ) -> dict[str, Any]:
-    """One run's entry of ``pareto.json``; ``tests`` (per Pareto solution) None means no test split.
+    """One run's entry of ``pareto.json``; ``tests`` (per Pareto solution) None means no test split;
+    ``test_cost`` the work the test metrics took, where it was counted.
 
     >>> run_record(problem, state, seed=0, tests=None, base_performance=0.7)["solutions"][0].keys()  # doctest: +SKIP
     dict_keys(['grouping', 'storage_cost', 'validation', 'test', 'generation'])
@@ -133,6 +135,7 @@ def run_record(
         "solutions": solutions,
         "representatives": {n: (None if r is None else r.payload) for n, r in zip(("G1", "G2", "G3"), reps.__dict__.values(), strict=True)},
         "evaluation_cost": c.cost_record(),
+        "test_cost": None if test_cost is None else test_cost.cost_record(),
     }
 
 

@@ -115,9 +115,20 @@ def test_a_cut_off_test_phase_resumes_from_its_saved_task_runs(ta_problem, tiny_
         test_metrics(p, gs, 24, tmp_path, progress=stop_after_three, save_every=0)
     saved = json.loads((tmp_path / "test_metrics.json").read_text())
     assert saved["solutions"] == [] and len(saved["task_runs"]) == 3
+    assert saved["cost"]["task_runs"] == 3  # the cost so far is saved with the results
     totals: list[int] = []
     resumed = test_metrics(p, gs, 24, tmp_path, progress=lambda done, total: totals.append(total))
-    assert p.split_metrics(gs, "test", 24) == resumed  # same figures as a phase run in one go
-    assert totals[-1] == len({(t, chain(g, t, p.unit_ids)) for g in gs for t in range(p.n_tasks)}) - 3
+    assert p.split_metrics(gs, "test", 24) == resumed.per_solution  # same figures as a phase run in one go
+    distinct = len({(t, chain(g, t, p.unit_ids)) for g in gs for t in range(p.n_tasks)})
+    assert totals[-1] == distinct - 3
     final = json.loads((tmp_path / "test_metrics.json").read_text())
-    assert "task_runs" not in final and [s["test"] for s in final["solutions"]] == resumed
+    assert "task_runs" not in final and [s["test"] for s in final["solutions"]] == resumed.per_solution
+    cost = resumed.cost
+    assert cost is not None and final["cost"] == cost.cost_record()
+    assert cost.task_runs == distinct and cost.task_runs_naive == 3 * p.n_tasks
+    assert 0 < cost.layer_forwards <= cost.task_runs * p.n_layers <= cost.layer_forwards_naive
+    # a file from before costs were recorded: the figures are reused, the cost is unknown
+    del final["cost"]
+    (tmp_path / "test_metrics.json").write_text(json.dumps(final))
+    again = test_metrics(p, gs, 24, tmp_path)
+    assert again.per_solution == resumed.per_solution and again.cost is None

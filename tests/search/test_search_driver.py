@@ -38,6 +38,9 @@ def test_search_writes_outputs_and_resumes_to_the_same_front(tiny_zoo, tmp_path)
             for b in sols
         )
     assert payload["runs"][0]["representatives"]["G3"] is not None
+    test_cost = payload["runs"][0]["test_cost"]
+    assert test_cost["task_runs"] == len(calls) and test_cost["real_evaluations"] == len(sols)
+    assert "Test metrics of the Pareto set: " in (tmp_path / "run" / "summary.md").read_text()
     stored = json.loads((tmp_path / "run" / "run0" / "test_metrics.json").read_text())
     assert [s["grouping"] for s in stored["solutions"]] == [s["grouping"] for s in sols]
     for entry in stored["solutions"]:  # a resumed search reads the finished run's test metrics back
@@ -51,6 +54,7 @@ def test_search_writes_outputs_and_resumes_to_the_same_front(tiny_zoo, tmp_path)
     assert cost["real_evaluations"] == 10 and cost["task_runs"] > 0
     assert json.loads((tmp_path / "run" / "run0" / "evaluation_cost.json").read_text()) == cost
     assert again["runs"][0]["evaluation_cost"] == cost
+    assert again["runs"][0]["test_cost"] == test_cost  # nothing measured again, the first cost kept
     with pytest.raises(RecipeError, match=r"--resume .*searched with precision='float32'"):
         run_search_recipe(load_search_recipe(write(tmp_path, precision="bfloat16")), tmp_path / "run", store=store,
                           resume=True)
