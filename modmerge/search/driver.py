@@ -95,7 +95,8 @@ class SearchRecipe(BaseModel):
     device: str = "cpu"
     precision: Literal["float32", "bfloat16", "float16"] = Field(
         default="float32", description="what every evaluation forward runs at; the lower ones under torch.autocast "
-        "(approximate metrics, faster: bfloat16 evaluated MiniLM tasks 1.9x faster on an AVX-512 CPU)")
+        "(approximate metrics; faster only on hardware with units for them: bfloat16 evaluated MiniLM tasks "
+        "1.9x faster on an AVX-512-BF16 CPU, 2.4x slower without BF16; the task pool warns when slower)")
     baselines: str | None = None
     cache_bytes: int = Field(default=2 * 2**30, gt=0)
     prefix_cache_bytes: int = Field(default=512 * 2**20, ge=0, description="hidden states by chain prefix; 0 disables")

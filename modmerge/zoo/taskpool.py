@@ -26,7 +26,6 @@ import json
 import logging
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +47,7 @@ from modmerge.zoo.models import (
     head_from_state,
     load_body_state,
 )
+from modmerge.zoo.precision import check_precision_speed, precision_context
 from modmerge.zoo.progress import progress_task
 from modmerge.zoo.staged import StagedBody, load_partial_state, staged_body
 from modmerge.zoo.store import Zoo, ZooError, sha256_file
@@ -61,23 +61,6 @@ Pool = Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]  # (body, ba
 # ~35%) and ran MiniLM 1.1-1.6x faster per example on 2 cores than 128 (benchmarks/eval_batch.py measures it).
 DEFAULT_BATCH = {"image": 256, "text": 32}
 DEFAULT_MAX_LENGTH = 128
-# Evaluation precisions: float32 runs the stored weights as they are; the others run every
-# forward under torch.autocast (matmuls in the lower precision, norms and softmax in float32).
-PRECISIONS: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def precision_context(precision: str, device: torch.device) -> AbstractContextManager[Any]:
-    """The context a forward runs in at ``precision`` (a :data:`PRECISIONS` name) on ``device``.
-
-    >>> precision_context("float32", torch.device("cpu"))  # doctest: +ELLIPSIS
-    <contextlib.nullcontext object at ...>
-    """
-    if precision not in PRECISIONS:
-        raise ZooError(f"evaluation precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    dtype = PRECISIONS[precision]
-    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
-
-
 def encode_inputs(entry: TaskEntry, inputs: torch.Tensor | list[str], tokenizer: Any = None) -> Encoded:
     """Model-ready inputs of a split: pixel values for images, :class:`EncodedTexts` for texts.
 
@@ -196,6 +179,8 @@ class TaskPool:
             raise ZooError(f"task pool limit must be >= 1, got {limit}")
         precision_context(precision, torch.device(device))  # an unknown precision fails here
         self.precision = precision
+        # A lower precision is measured once against float32 (a few ms) and warned about if slower.
+        self.precision_speedup = 1.0 if precision == "float32" else check_precision_speed(precision, torch.device(device))
         self.zoo, self.split, self.limit, self.device, self.progress = zoo, split, limit, torch.device(device), progress
         self._batch_size = batch_size
         self._bodies: dict[str, transformers.PreTrainedModel] = {}

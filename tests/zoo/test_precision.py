@@ -1,0 +1,40 @@
+"""Evaluation precision: autocast contexts, and the warning where a lower precision is slower."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from modmerge.zoo import precision as precision_module
+from modmerge.zoo.precision import check_precision_speed, precision_context, precision_speedup
+from modmerge.zoo.store import ZooError
+
+CPU = torch.device("cpu")
+
+
+def test_contexts_and_unknown_precision():
+    with precision_context("bfloat16", CPU):
+        assert torch.nn.functional.linear(torch.ones(2, 3), torch.ones(4, 3)).dtype == torch.bfloat16
+    with precision_context("float32", CPU):
+        assert torch.nn.functional.linear(torch.ones(2, 3), torch.ones(4, 3)).dtype == torch.float32
+    with pytest.raises(ZooError, match="precision must be one of float32, bfloat16, float16, got 'int4'"):
+        precision_context("int4", CPU)
+
+
+def test_speedup_is_measured():
+    assert precision_speedup("float32", CPU) == 1.0
+    assert precision_speedup("bfloat16", CPU, rows=64, width=64, repeats=1) > 0
+
+
+def test_a_slower_lower_precision_is_warned_about(monkeypatch, caplog):
+    monkeypatch.setattr(precision_module, "precision_speedup", lambda precision, device: 0.4)
+    with caplog.at_level(logging.WARNING, logger="modmerge.zoo.precision"):
+        assert check_precision_speed("bfloat16", CPU) == 0.4
+    assert "precision bfloat16: a linear layer runs 2.5x slower than float32 on this cpu" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(precision_module, "precision_speedup", lambda precision, device: 1.9)
+    with caplog.at_level(logging.WARNING, logger="modmerge.zoo.precision"):
+        check_precision_speed("bfloat16", CPU)
+    assert caplog.text == ""
