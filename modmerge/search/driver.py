@@ -261,7 +261,7 @@ def run_one(
     return state, problem
 
 
-class TestMetrics(NamedTuple):
+class ParetoTestMetrics(NamedTuple):
     """The Pareto set's test figures: per solution, task -> metric; and the work they took
     (None for a run whose test metrics were stored before their cost was recorded)."""
 
@@ -272,7 +272,7 @@ class TestMetrics(NamedTuple):
 def test_metrics(
     problem: ZooMergeProblem, gs: list[GroupingMatrix], limit: int | None, run_dir: Path | None = None,
     progress: Callable[[int, int], None] | None = None, save_every: float = 60.0,
-) -> TestMetrics:
+) -> ParetoTestMetrics:
     """Each solution's per-task test metric (staged forwards with prefix reuse, results shared
     between equal expert chains), and the work it took. With ``run_dir``, metrics already in its
     ``test_metrics.json`` (same limit and precision) are reused and the new ones written there:
@@ -292,8 +292,10 @@ def test_metrics(
             tasks = {name: t for t, name in enumerate(problem.task_names)}
             known = {(tasks[e["task"]], tuple(map(ModuleKey.from_id, e["chain"]))): e["metric"]
                      for e in payload.get("task_runs", []) if e["task"] in tasks}
-            saved_cost = payload.get("cost")
-            cost = EvaluationCounters.from_record(saved_cost) if saved_cost else None if stored or known else cost
+            if payload.get("cost"):
+                cost = EvaluationCounters.from_record(payload["cost"])
+            elif stored or known:  # measured before costs were recorded: unknown
+                cost = None
     known.update({(t, chain(g, t, problem.unit_ids)): per_task[name]
                   for g, per_task in stored.items() for t, name in enumerate(problem.task_names)})
 
@@ -321,7 +323,7 @@ def test_metrics(
     if path is not None:
         stored.update(zip(gs, tests, strict=True))
         write_json(path, record(task_runs=False))
-    return TestMetrics(tests, cost)
+    return ParetoTestMetrics(tests, cost)
 
 
 # Recipe fields that do not change what a run's objective values mean: a resumed search may change them.
