@@ -19,7 +19,7 @@ def _mean_std(values: Sequence[float], digits: int = 1) -> str:
         return "-"
     if len(values) == 1:
         return f"{values[0]:.{digits}f}"
-    return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"  # sample std over runs
 
 
 def _subject(payload: dict[str, Any]) -> str:
@@ -56,7 +56,8 @@ def summary_markdown(payload: dict[str, Any], baseline_rows: Sequence[dict[str, 
         f"Backbone: {backbone['name']}"
         + (" — **pretrained inside this project**, not a public checkpoint." if backbone["self_pretrained"] else "."),
         f"Search: budget {recipe['budget']}, population {recipe['population']}, granularity {recipe['granularity']}, "
-        f"{len(payload['runs'])} run(s), quantisation {recipe['quantization']}. "
+        f"{len(payload['runs'])} run(s){' (mean ± sample std over runs)' if len(payload['runs']) > 1 else ''}, "
+        f"quantisation {recipe['quantization']}. "
         f"C = eq. (8) over the mergeable body (task heads apart); P = {_split(payload)} metric x100"
         + _precision_note(recipe) + ".",
         "",
