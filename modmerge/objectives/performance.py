@@ -76,6 +76,12 @@ class EvaluationCounters:
         names = {"real_evaluations": "configurations"}
         return cls(**{names.get(k, k): v for k, v in record.items()})
 
+    def count_run(self, run: StagedRun, resumed: bool) -> None:
+        """One task run: the encoder layers it ran, and whether it started from cached hidden states."""
+        self.task_runs += 1
+        self.layer_forwards += run.layers_run
+        self.prefix_hits += resumed
+
     def progress(self) -> str:
         """One line for a progress display: how much of the naive work was done.
 
@@ -187,10 +193,7 @@ class ZooMergeProblem(ExpertCosts):
 
     def _run(self, task: int, task_chain: Chain) -> float:
         run, resumed = self._run_on(self.pool, self.prefix_cache, task, task_chain)
-        c = self.counters
-        c.task_runs += 1
-        c.layer_forwards += run.layers_run
-        c.prefix_hits += resumed
+        self.counters.count_run(run, resumed)
         return run.metric
 
     def _run_on(self, pool: TaskPool, cache: PrefixCache, task: int, task_chain: Chain) -> tuple[StagedRun, bool]:
@@ -226,7 +229,7 @@ class ZooMergeProblem(ExpertCosts):
         ``counters`` gets the work done (added) and a naive evaluator's (one full forward per solution
         and task: set)."""
         known = {} if known is None else known
-        pool = TaskPool(self.zoo, split=split, limit=limit, device=self.pool.device, precision=self.pool.precision)
+        pool = self.pool.on_split(split, limit)
         cache = PrefixCache(self.prefix_cache.max_bytes)
         chains = [[chain(g, t, self.unit_ids) for t in range(self.n_tasks)] for g in gs]
         todo = {(t, c) for per_task in chains for t, c in enumerate(per_task)} - set(known)
@@ -238,9 +241,7 @@ class ZooMergeProblem(ExpertCosts):
             started = time.perf_counter()
             run, resumed = self._run_on(pool, cache, *key)
             known[key] = run.metric
-            counters.task_runs += 1
-            counters.layer_forwards += run.layers_run
-            counters.prefix_hits += resumed
+            counters.count_run(run, resumed)
             counters.seconds += time.perf_counter() - started
             if progress is not None:
                 progress(done, len(todo))

@@ -318,8 +318,7 @@ def test_metrics(
         if progress is not None:
             progress(done, total)
 
-    tests = problem.split_metrics(gs, "test", limit, known=known, progress=on_task_run,
-                                  counters=EvaluationCounters() if cost is None else cost)
+    tests = problem.split_metrics(gs, "test", limit, known=known, progress=on_task_run, counters=cost)
     if path is not None:
         stored.update(zip(gs, tests, strict=True))
         write_json(path, record(task_runs=False))

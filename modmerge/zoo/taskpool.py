@@ -168,19 +168,24 @@ class TaskPool:
     belong to the task head and are never merged.
 
     ``precision`` (``float32``, ``bfloat16``, ``float16``) is what every forward of the pool runs
-    at; the lower ones run under ``torch.autocast`` and give approximate metrics, faster.
+    at; the lower ones run under ``torch.autocast`` and give approximate metrics, faster only on
+    hardware with units for them. Their speed-up over float32 is measured when the pool starts
+    (:func:`~modmerge.zoo.precision.check_precision_speed` warns if it is below 1), unless
+    ``precision_speedup`` gives it (:meth:`on_split` passes its own on).
     """
 
     def __init__(
         self, zoo: Zoo, *, split: str = "test", limit: int | None = None, batch_size: int | None = None,
         device: str | torch.device = "cpu", progress: Progress | None = None, precision: str = "float32",
+        precision_speedup: float | None = None,
     ) -> None:
         if limit is not None and limit < 1:
             raise ZooError(f"task pool limit must be >= 1, got {limit}")
         precision_context(precision, torch.device(device))  # an unknown precision fails here
         self.precision = precision
-        # A lower precision is measured once against float32 (a few ms) and warned about if slower.
-        self.precision_speedup = 1.0 if precision == "float32" else check_precision_speed(precision, torch.device(device))
+        if precision_speedup is None:  # a few ms; warns if the lower precision is the slower one here
+            precision_speedup = 1.0 if precision == "float32" else check_precision_speed(precision, torch.device(device))
+        self.precision_speedup = precision_speedup
         self.zoo, self.split, self.limit, self.device, self.progress = zoo, split, limit, torch.device(device), progress
         self._batch_size = batch_size
         self._bodies: dict[str, transformers.PreTrainedModel] = {}
@@ -196,6 +201,12 @@ class TaskPool:
         self.examples_evaluated, self.seconds_evaluating = 0, 0.0
 
     # -- public API -------------------------------------------------------------------------
+    def on_split(self, split: str, limit: int | None) -> TaskPool:
+        """A pool like this one (zoo, batch size, device, precision and its measured speed-up) on
+        another split: the Pareto set's test metrics after a search on validation."""
+        return TaskPool(self.zoo, split=split, limit=limit, batch_size=self._batch_size, device=self.device,
+                        progress=self.progress, precision=self.precision, precision_speedup=self.precision_speedup)
+
     def evaluate(self, task: str, body_state: State | None = None) -> float:
         """The task's metric on the pool's split (first ``limit`` examples) with ``body_state``."""
         entry = self.zoo.entry(task)

@@ -38,3 +38,16 @@ def test_a_slower_lower_precision_is_warned_about(monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger="modmerge.zoo.precision"):
         check_precision_speed("bfloat16", CPU)
     assert caplog.text == ""
+
+
+def test_a_pool_on_another_split_keeps_the_measured_speed(monkeypatch, tiny_zoo):
+    from modmerge.zoo import taskpool as taskpool_module
+    from modmerge.zoo.taskpool import TaskPool
+
+    calls = []
+    monkeypatch.setattr(taskpool_module, "check_precision_speed", lambda p, d: calls.append(p) or 0.5)
+    pool = TaskPool(tiny_zoo, split="validation", limit=8, precision="bfloat16")
+    test = pool.on_split("test", 4)
+    assert calls == ["bfloat16"]  # measured (and warned about) once
+    assert (test.split, test.limit, test.precision, test.precision_speedup) == ("test", 4, "bfloat16", 0.5)
+    assert TaskPool(tiny_zoo, split="test").precision_speedup == 1.0 and calls == ["bfloat16"]  # float32: nothing to time
