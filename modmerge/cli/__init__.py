@@ -262,7 +262,9 @@ def baselines(
 @click.option("--population", type=int, default=None, help="Population size (paper: 20).")
 @click.option("--seed", type=int, default=None)
 @click.option("--no-surrogate", is_flag=True, help="Ablation: evaluate NSGA-II offspring without the RF surrogate.")
-@click.option("--init", type=click.Choice(["kmeans", "random"]), default=None, help="Initial population.")
+@click.option("--init", type=click.Choice(["kmeans", "random", "mixed"]), default=None,
+              help="Initial population: K-means (the paper), random (the ablation), or mixed (half each; not in the "
+                   "paper, not yet measured against the others).")
 @click.option("--granularity", type=click.Choice(["model", "layer", "component"]), default=None)
 @click.option("--precision", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
               help="What every evaluation forward runs at (default float32); bfloat16/float16 run under "

@@ -5,7 +5,7 @@ The search works on an abstract :class:`MergeProblem` (storage cost ``C`` exact,
 
 - :mod:`~modmerge.search.grouping`: the canonical ``T x L`` :class:`GroupingMatrix`;
 - :mod:`~modmerge.search.encoding`: renumbering-invariant surrogate features;
-- :mod:`~modmerge.search.init`: K-means / random initial populations;
+- :mod:`~modmerge.search.init`: K-means / random / mixed initial populations;
 - :mod:`~modmerge.search.operators`: column crossover, partition mutations, tournaments;
 - :mod:`~modmerge.search.surrogate`: the random-forest predictor of ``P``;
 - :mod:`~modmerge.search.pareto`: non-dominated sorting, crowding, hypervolume (pymoo);
@@ -27,6 +27,7 @@ from modmerge.search.grouping import GroupingMatrix, canonical_column, count_con
 from modmerge.search.init import (
     cluster_unit,
     kmeans_population,
+    mixed_population,
     project,
     random_grouping,
     random_population,
@@ -75,6 +76,7 @@ __all__ = [
     "load_state",
     "make_offspring",
     "merge_search",
+    "mixed_population",
     "mutate",
     "non_dominated",
     "project",

@@ -16,7 +16,10 @@ from typing import Any, Literal
 
 from modmerge.errors import RecipeError
 
-__all__ = ["SearchConfig"]
+__all__ = ["INITS", "SearchConfig"]
+
+# Initial populations: the paper's K-means, the random ablation, half of each (not in the paper).
+INITS = ("kmeans", "random", "mixed")
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,7 @@ class SearchConfig:
     budget: int = 300
     seed: int = 0
     surrogate: bool = True
-    init: Literal["kmeans", "random"] = "kmeans"
+    init: Literal["kmeans", "random", "mixed"] = "kmeans"
     kmeans_ks: tuple[int, ...] | None = None
     include_extremes: bool = True
     evals_per_generation: int | None = None
@@ -60,8 +63,8 @@ class SearchConfig:
                 f"search.budget ({self.budget}) must be at least search.population_size "
                 f"({self.population_size}): the initial population is evaluated for real"
             )
-        if self.init not in ("kmeans", "random"):
-            raise RecipeError(f"search.init must be 'kmeans' or 'random', got {self.init!r}")
+        if self.init not in INITS:
+            raise RecipeError(f"search.init must be one of {', '.join(INITS)}, got {self.init!r}")
         for name in ("evals_per_generation", "offspring_per_generation"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -86,7 +86,8 @@ class SearchRecipe(BaseModel):
     seed: int = 0
     runs: int = Field(default=1, ge=1)
     surrogate: bool = True
-    init: Literal["kmeans", "random"] = "kmeans"
+    init: Literal["kmeans", "random", "mixed"] = Field(
+        default="kmeans", description="initial population: K-means (the paper), random (ablation), mixed (half each)")
     validation_limit: int | None = Field(default=200, ge=1)
     test_limit: int | None = Field(default=None, ge=1)
     executor: Literal["local", "ray"] = "local"

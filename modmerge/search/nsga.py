@@ -42,7 +42,12 @@ import numpy as np
 from modmerge.errors import ModmergeError
 from modmerge.search.config import SearchConfig
 from modmerge.search.grouping import GroupingMatrix
-from modmerge.search.init import kmeans_population, random_grouping, random_population
+from modmerge.search.init import (
+    kmeans_population,
+    mixed_population,
+    random_grouping,
+    random_population,
+)
 from modmerge.search.operators import make_offspring
 from modmerge.search.pareto import (
     hypervolume,
@@ -80,7 +85,7 @@ def run_search(
     """Run a whole search from scratch; return the final state (its ``pareto()`` is the result).
 
     ``unit_vectors`` (one ``T x d_l`` array of task vectors per unit, possibly projected) is
-    required for ``init="kmeans"``. With ``state_path`` the state is written atomically after
+    required for ``init="kmeans"`` and ``"mixed"``. With ``state_path`` the state is written atomically after
     every generation, for :func:`resume_search`. ``callback`` sees each generation's record after
     the state is saved; an exception it raises stops the search.
     """
@@ -97,9 +102,10 @@ def run_search(
             t, problem.n_units, n, rng, include_extremes=config.include_extremes
         )
     elif unit_vectors is None:
-        raise ModmergeError("search: init 'kmeans' needs the units' task vectors (unit_vectors)")
+        raise ModmergeError(f"search: init '{config.init}' needs the units' task vectors (unit_vectors)")
     else:
-        initial = kmeans_population(
+        populate = mixed_population if config.init == "mixed" else kmeans_population
+        initial = populate(
             unit_vectors, n, config.kmeans_ks, rng, include_extremes=config.include_extremes
         )
     state = SearchState(config, t, problem.n_units)

@@ -63,7 +63,8 @@ def test_search_writes_outputs_and_resumes_to_the_same_front(tiny_zoo, tmp_path)
 @pytest.mark.parametrize(
     ("fields", "needle"),
     [({"budgett": 3}, "budgett: unknown field"), ({"budget": 3}, "smaller than the population"),
-     ({"method": "nope"}, "unknown merge method"), ({"granularity": "block"}, "granularity")],
+     ({"method": "nope"}, "unknown merge method"), ({"granularity": "block"}, "granularity"),
+     ({"init": "grid"}, "init")],
 )
 def test_bad_search_recipe(tmp_path, fields, needle):
     with pytest.raises(RecipeError, match=needle):
@@ -87,6 +88,7 @@ def test_benchmark_search_recipes_load():
     assert {loaded[n].granularity for n in ("vision-ta5", "vision-ta5-layer", "vision-ta5-model")} == {
         "component", "layer", "model"}
     assert not loaded["vision-ta5-nosurr"].surrogate and loaded["vision-ta5-randinit"].init == "random"
+    assert loaded["vision-ta5-mixedinit"].init == "mixed"
 
 
 def test_resume_refuses_a_recipe_that_changes_the_objective(tmp_path):

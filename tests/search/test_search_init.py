@@ -1,4 +1,4 @@
-"""K-means and random initial populations, and the random projection."""
+"""K-means, random and mixed initial populations, and the random projection."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from modmerge.search import (
     GroupingMatrix,
     cluster_unit,
     kmeans_population,
+    mixed_population,
     project,
     random_grouping,
     random_population,
@@ -97,3 +98,25 @@ def test_random_population():
     assert random_population(4, 5, 30, np.random.default_rng(0)) == pop
     g = random_grouping(4, 5, np.random.default_rng(3))
     assert (g.n_tasks, g.n_units) == (4, 5)
+
+
+def test_mixed_population_is_half_kmeans_then_random():
+    problem = SyntheticProblem(n_tasks=4, n_units=6)
+    vecs = problem.unit_vectors()
+    pop = mixed_population(vecs, 12, None, np.random.default_rng(0))
+    assert len(set(pop)) == 12
+    # the first ceil(12 / 2) members are what K-means alone would start with
+    assert pop[:6] == kmeans_population(vecs, 6, None, np.random.default_rng(0))
+    assert problem.planted() in pop[:6]
+    # the rest are random draws: per unit k uniform, so they mostly differ from every K-means member
+    kmeans_only = set(kmeans_population(vecs, 12, None, np.random.default_rng(0)))
+    assert len(set(pop[6:]) - kmeans_only) >= 4
+    assert mixed_population(vecs, 12, None, np.random.default_rng(0)) == pop
+    assert len(mixed_population(vecs, 7, None, np.random.default_rng(1))) == 7
+
+
+def test_mixed_population_errors():
+    with pytest.raises(ModmergeError, match="exceeds"):
+        mixed_population([np.eye(3), np.eye(3)], 26, None, np.random.default_rng(0))
+    with pytest.raises(ModmergeError, match="no unit task vectors"):
+        mixed_population([], 4, None, np.random.default_rng(0))

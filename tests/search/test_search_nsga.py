@@ -26,7 +26,7 @@ def search(seed=0, **kw):
 
 
 @pytest.mark.parametrize(
-    "kw", [{}, {"surrogate": False}, {"init": "random"}, {"evals_per_generation": 4}]
+    "kw", [{}, {"surrogate": False}, {"init": "random"}, {"init": "mixed"}, {"evals_per_generation": 4}]
 )
 def test_budget_is_spent_exactly_and_never_exceeded(kw):
     problem, state = search(**kw)
@@ -128,6 +128,8 @@ def test_bad_input_is_a_clear_error_before_any_work():
         config(init="grid")
     with pytest.raises(ModmergeError, match="unit_vectors"):
         run_search(problem, config())
+    with pytest.raises(ModmergeError, match="init 'mixed' needs"):
+        run_search(problem, config(init="mixed"))
     with pytest.raises(ModmergeError, match="3 unit task-vector arrays"):
         run_search(problem, config(), unit_vectors=problem.unit_vectors()[:3])
     assert problem.batches == []
