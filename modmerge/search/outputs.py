@@ -67,7 +67,7 @@ def run_seeded(
         state_path = run_dir / "state.json"
     if resume and state_path is not None and state_path.exists():
         return resume_search(problem, state_path, executor=executor, callback=callback)
-    vectors = problem.unit_task_vectors() if init == "kmeans" else None
+    vectors = None if init == "random" else problem.unit_task_vectors()
     return run_search(problem, config, unit_vectors=vectors, state_path=state_path, callback=callback,
                       executor=executor)
 

@@ -111,3 +111,17 @@ def test_resume_refuses_a_recipe_that_changes_the_objective(tmp_path):
     # a run directory from before search_recipe.json existed resumes; missing fields count as defaults
     (out / "search_recipe.json").write_text(json.dumps({k: v for k, v in saved.items() if k != "precision"}))
     check_resume(load_search_recipe(write(tmp_path)), out, resume=True)
+
+
+def test_mixed_init_runs_on_a_zoo(tiny_zoo, tmp_path):
+    """init 'mixed' needs the units' task vectors, as K-means does: the driver computes them."""
+    from modmerge.search.driver import run_one
+    from modmerge.search.grouping import GroupingMatrix
+
+    recipe = load_search_recipe(write(tmp_path, init="mixed", budget=8, population=6))
+    state, problem = run_one(recipe, tiny_zoo, tmp_path / "run0", seed=0, resume=False)
+    assert state.evaluations == 8 and state.config.init == "mixed"
+    initial = [r.grouping for r in state.records if r.generation == 0]
+    assert len(set(initial)) == 6
+    assert initial[:2] == [GroupingMatrix.all_merged(problem.n_tasks, problem.n_units),
+                           GroupingMatrix.individual(problem.n_tasks, problem.n_units)]
