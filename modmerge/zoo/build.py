@@ -113,7 +113,9 @@ class ZooWriter:
     """Writes one zoo under ``store.zoo_dir(name)``, atomically and resumably (see module doc).
 
     The seed is recorded in ``build.json`` on first use; resuming with another seed is an error,
-    since a zoo mixing seeds would not be reproducible.
+    since a zoo mixing seeds would not be reproducible. Opening removes every temporary leftover
+    in the zoo's folders, which is safe because there is one writer per zoo:
+    :func:`~modmerge.zoo.registry.build_zoo` holds the zoo's build lock while it writes.
 
     Example::
 

@@ -90,7 +90,8 @@ def build_zoo(
     """Build zoo ``name`` under ``store`` (resuming a partial build); return it when built.
 
     ``assets`` defaults to ``<store root>/assets``, the same cache the datasets use. ``force``
-    deletes the zoo's directory first, for a clean rebuild. A group name (:data:`GROUPS`, e.g.
+    deletes the zoo's directory first, for a clean rebuild. The zoo's build lock
+    (:meth:`ZooStore.build_lock`) is held throughout, so two processes never write one zoo. A group name (:data:`GROUPS`, e.g.
     ``peft``) builds each of its zoos in turn and returns the last.
 
     >>> build_zoo("tiny", ZooStore(tmp_path)).tasks   # doctest: +SKIP
@@ -100,9 +101,10 @@ def build_zoo(
         return [build_zoo(member, store, seed=seed, progress=progress, assets=assets, force=force)
                 for member in GROUPS[name]][-1]  # fmt: skip
     spec = get_zoo(name)
-    if force and store.zoo_dir(name).exists():
-        shutil.rmtree(store.zoo_dir(name))
-    return spec.build(store, assets or AssetStore(store.root / "assets"), seed, progress)
+    with store.build_lock(name):  # a concurrent build of the same zoo waits, then finds it built
+        if force and store.zoo_dir(name).exists():
+            shutil.rmtree(store.zoo_dir(name))
+        return spec.build(store, assets or AssetStore(store.root / "assets"), seed, progress)
 
 
 def _size(path: Path) -> int:

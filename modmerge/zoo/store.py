@@ -7,10 +7,14 @@
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from filelock import FileLock, Timeout
 from safetensors.torch import load_file
 
 from modmerge.cache import default_cache_root, sha256_file  # noqa: F401  (re-exported)
@@ -18,6 +22,8 @@ from modmerge.checkpoints import Checkpoint, TensorInfo, open_checkpoint
 from modmerge.components import ComponentMap, decompose, load_architecture
 from modmerge.errors import ModmergeError
 from modmerge.zoo.manifest import TaskEntry, ZooManifest
+
+logger = logging.getLogger(__name__)
 
 
 class ZooError(ModmergeError):
@@ -117,6 +123,28 @@ class ZooStore:
 
     def zoo_dir(self, name: str) -> Path:
         return self.root / "zoos" / name
+
+    @contextmanager
+    def build_lock(self, name: str) -> Iterator[None]:
+        """Hold zoo ``name``'s build lock (a file lock beside its folder) for the block: one writer
+        per zoo, so a second build of the same zoo waits and then finds it built, and a writer's
+        leftover cleanup never meets another live writer's files.
+
+        >>> with ZooStore(tmp).build_lock("tiny"):  # doctest: +SKIP
+        ...     build_tiny(ZooStore(tmp))
+        """
+        path = self.root / "zoos" / f".{name}.build.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(path)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            logger.warning("zoo '%s': waiting for another build of it to finish (%s)", name, path)
+            lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
 
     def built(self) -> list[str]:
         base = self.root / "zoos"

@@ -73,3 +73,20 @@ def test_registry_and_listing(tiny_zoo, tmp_path):
     assert rows["tiny"].backbone.startswith("tiny-bert")
     empty = {row.name: row for row in list_zoos(ZooStore(tmp_path))}
     assert not empty["vision"].built and empty["vision"].tasks == 0 and empty["vision"].size_bytes == 0
+
+
+def test_a_second_build_of_a_zoo_waits_for_the_first(tiny_zoo, caplog):
+    import threading
+
+    store = ZooStore(tiny_zoo.root.parent.parent)
+    results = []
+    with store.build_lock("tiny"):  # a build of 'tiny' in progress elsewhere
+        waiter = threading.Thread(target=lambda: results.append(build_zoo("tiny", store, seed=0)))
+        waiter.start()
+        waiter.join(timeout=1.0)
+        assert waiter.is_alive() and not results  # blocked on the lock, nothing written
+        with store.build_lock("other"):  # other zoos' locks are independent
+            pass
+    waiter.join(timeout=30)
+    assert not waiter.is_alive() and results[0].manifest == tiny_zoo.manifest
+    assert "waiting for another build" in caplog.text
