@@ -43,7 +43,7 @@ from rich.progress import Progress
 from torch import nn
 
 from modmerge.errors import ModmergeError
-from modmerge.zoo.models import load_body
+from modmerge.zoo.models import first_layers, load_body
 from modmerge.zoo.progress import progress_task
 from modmerge.zoo.store import Zoo
 from modmerge.zoo.taskpool import TaskPool
@@ -349,13 +349,17 @@ def fit_zoo_router(
     if hidden_size != config.in_dim:
         raise RouterError(f"router config in_dim {config.in_dim} does not match zoo '{zoo.name}' features "
                           f"(hidden size {hidden_size})")
-    with zoo.backbone() as ckpt:
-        backbone = {k: ckpt.get(k).clone() for k in ckpt.keys()}
-    body = router_body(zoo.root / zoo.manifest.backbone.path, backbone, config.feature_layers).to(device)
+    backbone_dir = zoo.root / zoo.manifest.backbone.path
+    with zoo.backbone() as ckpt:  # only the weights of the layers the router reads
+        keys = ckpt.keys()
+        if config.feature_layers is not None:
+            hf_config = transformers.AutoConfig.from_pretrained(backbone_dir)
+            keys = list(first_layers(dict.fromkeys(keys), hf_config, config.feature_layers))
+        backbone = {k: ckpt.get(k).clone() for k in keys}
+    body = router_body(backbone_dir, backbone, config.feature_layers).to(device)
     del backbone
 
-    def pool_fn(_pool_body: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        # the pool's own body is the whole backbone; routing reads the (possibly truncated) one
+    def pool_fn(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return router_features(body, batch, config.pooling)
 
     def features_of(pool: TaskPool, description: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -56,7 +56,8 @@ logger = logging.getLogger(__name__)
 
 State = Mapping[str, torch.Tensor]
 Encoded = torch.Tensor | EncodedTexts
-Pool = Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]  # (body, batch) -> pooled features
+# batch -> pooled features, from the caller's own model (the pool then loads no body of its own)
+Pool = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 # Texts are batched longest first; 32 keeps padding at ~10% on the text zoo's tweets (128 padded
 # ~35%) and ran MiniLM 1.1-1.6x faster per example on 2 cores than 128 (benchmarks/eval_batch.py measures it).
 DEFAULT_BATCH = {"image": 256, "text": 32}
@@ -306,18 +307,20 @@ class TaskPool:
         """Pooled features (N x hidden) of the PRETRAINED backbone for the evaluated examples.
 
         The pooling is the task's (``cls`` or BERT ``pooler``, with the backbone's own pooler), or
-        ``pool(body, batch)`` when given: the router pools every task the same way.
+        ``pool(batch)`` when given: the router pools every task the same way with its own
+        (possibly truncated) pretrained body, and the pool then loads no body.
         """
         entry, split = self.zoo.entry(task), split or self.split
         inputs = self.inputs(task, split)
-        body = self._body(entry.modality)
-        load_body_state(body, self._backbone_state())
-        model = TaskClassifier(body, self._head(task), entry.pooling).eval()
+        if pool is None:
+            body = self._body(entry.modality)
+            load_body_state(body, self._backbone_state())
+            model = TaskClassifier(body, self._head(task), entry.pooling).eval()
+            pool = lambda batch: model.features(**batch)  # noqa: E731
         chunks: list[tuple[torch.Tensor, torch.Tensor]] = []
         with torch.inference_mode():
             for idx, batch in eval_batches(inputs, self.batch_size(entry)):
-                batch = {k: v.to(self.device) for k, v in batch.items()}
-                feats = model.features(**batch) if pool is None else pool(body, batch)
+                feats = pool({k: v.to(self.device) for k, v in batch.items()})
                 chunks.append((idx, feats.float().cpu()))
         out = torch.empty(len(inputs), chunks[0][1].shape[-1])
         for idx, feats in chunks:

@@ -175,3 +175,22 @@ def test_embeddings_only_router_library_routes_through_the_engine(shallow_lib, t
     assert not any(k.startswith("encoder.") for k in engine.library.router_backbone_state())
     texts = [s for t in tiny_zoo.tasks for s in tiny_zoo.task_data(t)["test"]["inputs"][:3]]
     assert len(engine.predict([{"text": s} for s in texts])) == len(texts)
+
+
+def test_fit_zoo_router_reads_only_the_backbone_layers_the_router_uses(tiny_zoo, monkeypatch):
+    from modmerge.zoo.store import Zoo
+
+    read, opened = [], Zoo.backbone
+
+    def recording(self):
+        ckpt = opened(self)
+        get = ckpt.get
+        ckpt.get = lambda key: (read.append(key), get(key))[1]
+        return ckpt
+
+    monkeypatch.setattr(Zoo, "backbone", recording)
+    config = RouterConfig.for_zoo(tiny_zoo, epochs=1, per_task=4, feature_layers=1)
+    _router, report = fit_zoo_router(tiny_zoo, config, test_limit=4)
+    assert any(k.startswith("encoder.layer.0.") for k in read) and "embeddings.word_embeddings.weight" in read
+    assert not any(k.startswith("encoder.layer.1.") for k in read)  # neither the router nor the task pools
+    assert report["train_examples"] == 4 * len(tiny_zoo.tasks) and 0.0 <= report["test_accuracy"] <= 1.0
