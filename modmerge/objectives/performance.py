@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -65,6 +65,16 @@ class EvaluationCounters:
             "layer_forwards_naive": self.layer_forwards_naive, "prefix_hits": self.prefix_hits,
             "modules_built": self.modules_built, "modules_naive": self.modules_naive, "seconds": round(self.seconds, 2),
         }
+
+    def plus(self, other: EvaluationCounters) -> EvaluationCounters:
+        """Both counts summed (the driver's saved counts plus its Ray workers' work).
+
+        >>> EvaluationCounters(task_runs=2).plus(EvaluationCounters(task_runs=3)).task_runs
+        5
+        """
+        return EvaluationCounters(**{
+            f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)
+        })
 
     @classmethod
     def from_record(cls, record: Mapping[str, float | int]) -> EvaluationCounters:

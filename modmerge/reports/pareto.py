@@ -83,22 +83,7 @@ def summary_markdown(payload: dict[str, Any], baseline_rows: Sequence[dict[str, 
         "G2: least storage beating the best baseline's validation P; G3: highest validation P.",
         _bars_line(bars, payload["recipe"].get("validation_limit")),
     ]
-    costs = [r["evaluation_cost"] for r in payload["runs"]]
-    runs = sum(c["task_runs"] for c in costs)
-    naive = sum(c["task_runs_naive"] for c in costs)
-    lines.append(
-        f"Evaluation cost of the search (test metrics apart): {sum(c['real_evaluations'] for c in costs)} real evaluations, "
-        f"{runs} task runs "
-        f"against {naive} for a naive evaluator ({100 * (1 - runs / max(naive, 1)):.0f}% saved by the chain cache); "
-        f"{sum(c['modules_built'] for c in costs)} modules built against {sum(c['modules_naive'] for c in costs)}."
-    )
-    if all(c.get("layer_forwards_naive") for c in costs):  # older runs and own-models runs have none
-        layers, layers_naive = sum(c["layer_forwards"] for c in costs), sum(c["layer_forwards_naive"] for c in costs)
-        lines.append(
-            f"Encoder layer forwards (one = one layer over a task's whole validation subset): {layers} against "
-            f"{layers_naive} for a naive evaluator ({100 * (1 - layers / max(layers_naive, 1)):.0f}% saved by the "
-            f"chain and prefix caches; {sum(c['prefix_hits'] for c in costs)} task runs resumed from cached hidden states)."
-        )
+    lines += _search_cost_lines([r.get("evaluation_cost") for r in payload["runs"]])
     tests = [r.get("test_cost") for r in payload["runs"]]
     if tests and all(tests):  # runs tested before the cost was recorded have none
         layers, layers_naive = sum(c["layer_forwards"] for c in tests), sum(c["layer_forwards_naive"] for c in tests)
@@ -109,6 +94,31 @@ def summary_markdown(payload: dict[str, Any], baseline_rows: Sequence[dict[str, 
             f"saved), {sum(c['seconds'] for c in tests) / 60:.1f} min."
         )
     return "\n".join(lines) + "\n"
+
+
+def _search_cost_lines(recorded: list[dict[str, Any] | None]) -> list[str]:
+    """The search's evaluation cost, summed over the runs whose work was counted (a run resumed
+    from a state saved before its counters were, or evaluated by Ray workers, has None)."""
+    costs = [c for c in recorded if c]
+    if not costs:
+        return ["Evaluation cost of the search: not recorded for these runs."]
+    scope = "" if len(costs) == len(recorded) else f" over the {len(costs)} of {len(recorded)} runs whose work was counted"
+    runs = sum(c["task_runs"] for c in costs)
+    naive = sum(c["task_runs_naive"] for c in costs)
+    lines = [
+        f"Evaluation cost of the search (test metrics apart{scope}): {sum(c['real_evaluations'] for c in costs)} real "
+        f"evaluations, {runs} task runs "
+        f"against {naive} for a naive evaluator ({100 * (1 - runs / max(naive, 1)):.0f}% saved by the chain cache); "
+        f"{sum(c['modules_built'] for c in costs)} modules built against {sum(c['modules_naive'] for c in costs)}."
+    ]
+    if all(c.get("layer_forwards_naive") for c in costs):  # older runs and own-models runs have none
+        layers, layers_naive = sum(c["layer_forwards"] for c in costs), sum(c["layer_forwards_naive"] for c in costs)
+        lines.append(
+            f"Encoder layer forwards (one = one layer over a task's whole validation subset): {layers} against "
+            f"{layers_naive} for a naive evaluator ({100 * (1 - layers / max(layers_naive, 1)):.0f}% saved by the "
+            f"chain and prefix caches; {sum(c['prefix_hits'] for c in costs)} task runs resumed from cached hidden states)."
+        )
+    return lines
 
 
 def _bars_line(bars: dict[str, Any], validation_limit: int | None) -> str:

@@ -241,23 +241,28 @@ def run_one(
     cost_path = run_dir / "evaluation_cost.json"
     if resume and cost_path.is_file() and (run_dir / "state.json").is_file():
         problem.counters = EvaluationCounters.from_record(json.loads(cost_path.read_text()))
-
-    def on_generation(rec: GenerationRecord) -> None:
-        write_json(cost_path, problem.counters.cost_record())
-        if callback is not None:
-            callback(rec, problem.counters)
-
     executor = None
     if recipe.executor == "ray":
         from modmerge.search.executors import RayExecutor
 
         executor = RayExecutor(zoo.root.parent.parent, recipe.model_dump(), seed=seed, workers=recipe.workers,
                                address=recipe.ray_address, device=recipe.device)
+    saved = problem.counters  # Ray workers count their own work; it is added to this
+
+    def counted() -> EvaluationCounters:
+        return problem.counters if executor is None else saved.plus(executor.counters())
+
+    def on_generation(rec: GenerationRecord) -> None:
+        write_json(cost_path, counted().cost_record())
+        if callback is not None:
+            callback(rec, counted())
+
     state = run_seeded(
         problem, seed=seed, budget=recipe.budget, population=recipe.population, surrogate=recipe.surrogate,
         init=recipe.init, run_dir=run_dir, resume=resume, executor=executor, callback=on_generation,
     )
     if executor is not None:
+        problem.counters = counted()
         executor.close()
     return state, problem
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from modmerge.errors import ModmergeError
+from modmerge.objectives.performance import EvaluationCounters
 from modmerge.search.grouping import GroupingMatrix
 from modmerge.search.problem import Evaluation
 
@@ -31,8 +32,9 @@ class _Worker:
         parsed = SearchRecipe.model_validate({**recipe, "device": device})
         self.problem = zoo_problem(parsed, ZooStore(Path(zoo_root)).load(parsed.zoo), seed)
 
-    def evaluate(self, rows: list[list[list[int]]]) -> list[Evaluation]:
-        return self.problem.evaluate([GroupingMatrix.from_array(r) for r in rows])
+    def evaluate(self, rows: list[list[list[int]]]) -> tuple[list[Evaluation], EvaluationCounters]:
+        """The evaluations, and this worker's counters so far (its work since it started)."""
+        return self.problem.evaluate([GroupingMatrix.from_array(r) for r in rows]), self.problem.counters
 
 
 class RayExecutor:
@@ -59,13 +61,24 @@ class RayExecutor:
         actor = ray.remote(num_cpus=num_cpus_per_worker, num_gpus=num_gpus_per_worker)(_Worker)
         self._ray = ray
         self.workers = [actor.remote(str(store_root), recipe, seed, device) for _ in range(workers)]
+        self._worker_counters = [EvaluationCounters() for _ in self.workers]
 
     def evaluate(self, gs: Sequence[GroupingMatrix]) -> list[Evaluation]:
         """Round-robin the batch over the workers; results in the batch's order."""
-        futures = [
-            self.workers[i % len(self.workers)].evaluate.remote([g.to_list()]) for i, g in enumerate(gs)
-        ]
-        return [result[0] for result in self._ray.get(futures)]
+        owners = [i % len(self.workers) for i in range(len(gs))]
+        futures = [self.workers[w].evaluate.remote([g.to_list()]) for w, g in zip(owners, gs, strict=True)]
+        results = self._ray.get(futures)
+        for w, (_, counters) in zip(owners, results, strict=True):  # later calls carry more work
+            if counters.configurations >= self._worker_counters[w].configurations:
+                self._worker_counters[w] = counters
+        return [evaluations[0] for evaluations, _ in results]
+
+    def counters(self) -> EvaluationCounters:
+        """The workers' evaluation work so far, summed (what a local problem's counters hold)."""
+        total = EvaluationCounters()
+        for counters in self._worker_counters:
+            total = total.plus(counters)
+        return total
 
     def close(self) -> None:
         for worker in self.workers:

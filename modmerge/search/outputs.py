@@ -109,7 +109,9 @@ def run_record(
     test_cost: EvaluationCounters | None = None,
 ) -> dict[str, Any]:
     """One run's entry of ``pareto.json``; ``tests`` (per Pareto solution) None means no test split;
-    ``test_cost`` the work the test metrics took, where it was counted.
+    ``test_cost`` the work the test metrics took, where it was counted. ``evaluation_cost`` is None
+    when the counters cover fewer evaluations than the run made (a run saved before its counters
+    were, then resumed): a partial count would understate the search's work.
 
     >>> run_record(problem, state, seed=0, tests=None, base_performance=0.7)["solutions"][0].keys()  # doctest: +SKIP
     dict_keys(['grouping', 'storage_cost', 'validation', 'test', 'generation'])
@@ -130,11 +132,13 @@ def run_record(
         best_baseline_performance=best_baseline_performance,
     )
     c = problem.counters
+    # A run resumed from a state saved before its counters were: they miss earlier processes' work.
+    known = c.configurations >= state.evaluations
     return {
         "seed": seed,
         "solutions": solutions,
         "representatives": {n: (None if r is None else r.payload) for n, r in zip(("G1", "G2", "G3"), reps.__dict__.values(), strict=True)},
-        "evaluation_cost": c.cost_record(),
+        "evaluation_cost": c.cost_record() if known else None,
         "test_cost": None if test_cost is None else test_cost.cost_record(),
     }
 

@@ -30,3 +30,19 @@ def test_representatives_are_mean_and_sample_std_over_runs():
     # C 0.5 ± 0.1414 (n - 1), test 75.0 ± 7.1; G2 qualified in no run
     assert "| MERGE-ties (G1) | 0.5000 ± 0.1414 | 75.0 ± 7.1 | 75.0 ± 7.1 |" in text
     assert "Test metrics of the Pareto set" not in text  # no run has its test cost
+
+
+def _payload(runs: list[dict]) -> dict:
+    return {"tasks": ["a"], "backbone": {"name": "tiny", "self_pretrained": True},
+            "recipe": {"method": "ties", "budget": 5, "population": 2, "granularity": "component",
+                       "quantization": {"mode": "conditional"}},
+            "runs": runs, "bars": {}}
+
+
+def test_the_search_cost_sums_only_the_runs_whose_work_was_counted():
+    counted, uncounted = _run(0.4, 0.7), {**_run(0.6, 0.8), "evaluation_cost": None}
+    text = summary_markdown(_payload([counted, uncounted, counted]), [])
+    assert ("Evaluation cost of the search (test metrics apart over the 2 of 3 runs whose work was counted): "
+            "10 real evaluations, 8 task runs against 10") in text
+    text = summary_markdown(_payload([uncounted]), [])
+    assert "Evaluation cost of the search: not recorded for these runs." in text and "real evaluations" not in text
