@@ -239,8 +239,8 @@ def run_one(
     loses that one generation's counts)."""
     problem = zoo_problem(recipe, zoo, seed)
     cost_path = run_dir / "evaluation_cost.json"
-    if resume and cost_path.is_file() and (run_dir / "state.json").is_file():
-        problem.counters = EvaluationCounters.from_record(json.loads(cost_path.read_text()))
+    if resume and (run_dir / "state.json").is_file() and (saved := _saved_counters(run_dir, seed)) is not None:
+        problem.counters = saved
     executor = None
     if recipe.executor == "ray":
         from modmerge.search.executors import RayExecutor
@@ -265,6 +265,25 @@ def run_one(
         problem.counters = counted()
         executor.close()
     return state, problem
+
+
+def _saved_counters(run_dir: Path, seed: int) -> EvaluationCounters | None:
+    """A resumed run's counters: its ``evaluation_cost.json``, or for a run saved before those
+    existed, its entry in the set's earlier ``pareto.json`` (then written to the file, so that a
+    rewrite of the outputs keeps them). None when neither has them."""
+    cost_path = run_dir / "evaluation_cost.json"
+    if cost_path.is_file():
+        return EvaluationCounters.from_record(json.loads(cost_path.read_text()))
+    pareto = run_dir.parent / "pareto.json"
+    try:
+        runs = json.loads(pareto.read_text())["runs"] if pareto.is_file() else []
+    except (ValueError, KeyError, TypeError):
+        return None
+    record = next((r.get("evaluation_cost") for r in runs if isinstance(r, dict) and r.get("seed") == seed), None)
+    if not record:
+        return None
+    write_json(cost_path, record)
+    return EvaluationCounters.from_record(record)
 
 
 class ParetoTestMetrics(NamedTuple):

@@ -55,8 +55,14 @@ def test_search_writes_outputs_and_resumes_to_the_same_front(tiny_zoo, tmp_path)
     assert json.loads((tmp_path / "run" / "run0" / "evaluation_cost.json").read_text()) == cost
     assert again["runs"][0]["evaluation_cost"] == cost
     assert again["runs"][0]["test_cost"] == test_cost  # nothing measured again, the first cost kept
-    # a run saved before its counters were: its cost is unknown, not the resumed process's zero
-    (tmp_path / "run" / "run0" / "evaluation_cost.json").unlink()
+    # a run saved before per-run counters existed keeps the cost of the set's earlier pareto.json
+    cost_file = tmp_path / "run" / "run0" / "evaluation_cost.json"
+    cost_file.unlink()
+    assert run_search_recipe(recipe, tmp_path / "run", store=store, resume=True)["runs"][0]["evaluation_cost"] == cost
+    assert json.loads(cost_file.read_text()) == cost
+    # ... and with neither, its cost is unknown, not the resumed process's zero
+    cost_file.unlink()
+    (tmp_path / "run" / "pareto.json").unlink()
     older = run_search_recipe(recipe, tmp_path / "run", store=store, resume=True)
     assert older["runs"][0]["evaluation_cost"] is None
     assert "Evaluation cost of the search: not recorded" in (tmp_path / "run" / "summary.md").read_text()
