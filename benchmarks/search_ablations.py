@@ -9,8 +9,11 @@ Diversity of a population: the mean, over pairs of its grouping matrices, of the
 (unit, task pair) entries where one merges the two tasks and the other does not (0: all equal;
 it does not depend on how groups are numbered).
 
+``--plot FILE.png`` also draws each directory's hypervolume against real evaluations (mean over
+its finished runs, with a band of ± one sample std).
+
     .venv/bin/python benchmarks/search_ablations.py runs/vision-ta5 runs/vision-ta5-nosurr \\
-        runs/vision-ta5-randinit runs/vision-ta5-layer runs/vision-ta5-model
+        runs/vision-ta5-randinit runs/vision-ta5-layer runs/vision-ta5-model --plot runs/vision-hv.png
 """
 
 from __future__ import annotations
@@ -61,10 +64,39 @@ def mean_std(values: list[float], digits: int = 4) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {std:.{digits}f}"
 
 
+def plot_curves(run_dirs: list[Path], path: Path) -> None:
+    """Hypervolume against real evaluations per directory: mean over finished runs ± sample std."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for run_dir in run_dirs:
+        states = finished_runs(run_dir)
+        if not states:
+            continue
+        grid = sorted({h["evaluations"] for s in states for h in s["history"]})
+        curves = np.array([[hv_after(s, e) for e in grid] for s in states])
+        mean = curves.mean(0)
+        std = curves.std(0, ddof=1) if len(states) > 1 else np.zeros_like(mean)
+        ax.plot(grid, mean, label=f"{run_dir.name} ({len(states)} run{'s' if len(states) > 1 else ''})")
+        ax.fill_between(grid, mean - std, mean + std, alpha=0.2)
+    ax.set_xlabel("real evaluations")
+    ax.set_ylabel("hypervolume")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dirs", nargs="+", type=Path)
     parser.add_argument("--at", type=int, default=100, help="also report the hypervolume after this many evaluations")
+    parser.add_argument("--plot", type=Path, default=None, help="also draw hypervolume against evaluations here (.png)")
     args = parser.parse_args()
     print(f"| run dir | finished runs | HV @budget | HV @{args.at} | HV initial | initial diversity | least C | best val P |")
     print("|---|---|---|---|---|---|---|---|")
@@ -79,6 +111,9 @@ def main() -> None:
               f"{mean_std([s['history'][0]['hypervolume'] for s in states], 3)} | "
               f"{mean_std([diversity([r['grouping'] for r in initial(s)]) for s in states], 3)} | "
               f"{min(r['storage_cost'] for r in records):.3f} | {max(r['performance'] for r in records):.3f} |")
+    if args.plot is not None:
+        plot_curves(args.run_dirs, args.plot)
+        print(f"wrote {args.plot}")
 
 
 if __name__ == "__main__":

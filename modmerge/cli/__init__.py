@@ -307,7 +307,7 @@ def search(
 
         payload = run_search_recipe(parsed, out_dir, store=store, resume=resume, callback=show, test_progress=show_test)
     click.echo((out_dir / "summary.md").read_text())
-    click.echo(f"wrote {out_dir}/pareto.json, history.json, summary.md, pareto.png ({len(payload['runs'])} run(s))")
+    click.echo(f"wrote {out_dir}/pareto.json, history.json, summary.md, pareto.png, hypervolume.png ({len(payload['runs'])} run(s))")
 
 
 def _task_progress() -> Progress:

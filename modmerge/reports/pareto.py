@@ -164,3 +164,25 @@ def plot_front(payload: dict[str, Any], baseline_rows: Sequence[dict[str, Any]],
     with atomic_file(path) as tmp:
         fig.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
     plt.close(fig)
+
+
+def plot_hypervolume(histories: Sequence[dict[str, Any]], path: Path) -> None:
+    """Each run's hypervolume against the real evaluations it had used (``history.json``'s runs)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for run in histories:
+        gens = run["generations"]
+        ax.step([g["evaluations"] for g in gens], [g["hypervolume"] for g in gens], where="post",
+                marker="o", markersize=2, label=f"seed {run['seed']}")
+    ax.set_xlabel("real evaluations")
+    ax.set_ylabel("hypervolume")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
+    plt.close(fig)

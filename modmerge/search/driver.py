@@ -3,8 +3,8 @@
 The recipe names the zoo, the intra-group method F and its parameters, quantisation, granularity
 and the search settings. Each run (``runs`` seeds) writes ``RUN_DIR/run<i>/state.json`` after
 every generation (``--resume`` continues it), and at the end the Pareto set is evaluated once on
-the test splits. ``RUN_DIR`` gets ``pareto.json``, ``history.json``, ``summary.md`` and
-``pareto.png``.
+the test splits. ``RUN_DIR`` gets ``pareto.json``, ``history.json``, ``summary.md``,
+``pareto.png`` and ``hypervolume.png``.
 
 Example recipe::
 

@@ -150,17 +150,19 @@ def history_record(state: SearchState, seed: int) -> dict[str, Any]:
 
 def write_run_dir(out_dir: Path, payload: dict[str, Any], histories: list[dict[str, Any]],
                   baseline_rows: Sequence[dict[str, Any]] = ()) -> None:
-    """Write ``pareto.json``, ``history.json``, ``summary.md`` and ``pareto.png`` under ``out_dir``.
+    """Write ``pareto.json``, ``history.json``, ``summary.md``, ``pareto.png`` (the fronts) and
+    ``hypervolume.png`` (each run's hypervolume against real evaluations) under ``out_dir``.
 
     >>> write_run_dir(Path("out/search"), payload, histories)  # doctest: +SKIP
     """
-    from modmerge.reports.pareto import plot_front, summary_markdown
+    from modmerge.reports.pareto import plot_front, plot_hypervolume, summary_markdown
 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "pareto.json", payload)
     write_json(out_dir / "history.json", {"runs": histories})
     write_text(out_dir / "summary.md", summary_markdown(payload, list(baseline_rows)))
     plot_front(payload, list(baseline_rows), out_dir / "pareto.png")
+    plot_hypervolume(histories, out_dir / "hypervolume.png")
 
 
 class _Sol:

@@ -49,7 +49,7 @@ def test_merge_search_finds_the_individual_configuration_and_writes_the_run_dir(
     front = result.front()
     assert [s.storage_cost for s in front] == sorted(s.storage_cost for s in front)
     assert all(a.performance >= b.performance for a, b in zip(front[1:], front, strict=False))
-    for name in ("pareto.json", "history.json", "summary.md", "pareto.png", "run0/state.json"):
+    for name in ("pareto.json", "history.json", "summary.md", "pareto.png", "hypervolume.png", "run0/state.json"):
         assert (tmp_path / "run" / name).exists()
     payload = json.loads((tmp_path / "run" / "pareto.json").read_text())
     assert payload["zoo"] is None and payload["tasks"] == ["t0", "t1", "t2"]

@@ -26,7 +26,7 @@ def test_search_writes_outputs_and_resumes_to_the_same_front(tiny_zoo, tmp_path)
     calls = []
     payload = run_search_recipe(recipe, tmp_path / "run", store=store, test_progress=lambda *a: calls.append(a))
     assert calls[-1][0] == 0 and calls[-1][1] == calls[-1][2] == len(calls) > 0  # one call per test task run
-    for name in ("pareto.json", "history.json", "summary.md", "pareto.png"):
+    for name in ("pareto.json", "history.json", "summary.md", "pareto.png", "hypervolume.png"):
         assert (tmp_path / "run" / name).exists()
     history = json.loads((tmp_path / "run" / "history.json").read_text())["runs"][0]["generations"]
     assert history[-1]["evaluations"] == 10
