@@ -264,7 +264,7 @@ def baselines(
 @click.option("--no-surrogate", is_flag=True, help="Ablation: evaluate NSGA-II offspring without the RF surrogate.")
 @click.option("--init", type=click.Choice(["kmeans", "random", "mixed"]), default=None,
               help="Initial population: K-means (the paper), random (the ablation), or mixed (half each; not in the "
-                   "paper, not yet measured against the others).")
+                   "paper; on the vision zoo it landed between the two, below random).")
 @click.option("--granularity", type=click.Choice(["model", "layer", "component"]), default=None)
 @click.option("--precision", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
               help="What every evaluation forward runs at (default float32); bfloat16/float16 run under "
