@@ -247,10 +247,10 @@ def run_one(
 
         executor = RayExecutor(zoo.root.parent.parent, recipe.model_dump(), seed=seed, workers=recipe.workers,
                                address=recipe.ray_address, device=recipe.device)
-    saved = problem.counters  # Ray workers count their own work; it is added to this
+    before = problem.counters  # Ray workers count their own work; it is added to this
 
     def counted() -> EvaluationCounters:
-        return problem.counters if executor is None else saved.plus(executor.counters())
+        return problem.counters if executor is None else before.plus(executor.counters())
 
     def on_generation(rec: GenerationRecord) -> None:
         write_json(cost_path, counted().cost_record())
