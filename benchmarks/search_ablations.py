@@ -60,8 +60,9 @@ def initial(state: dict) -> list[dict]:
 def mean_std(values: list[float], digits: int = 4) -> str:
     if not values:
         return "-"
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.{digits}f} ± {std:.{digits}f}"
+    if len(values) == 1:  # no spread to show from one run
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def plot_curves(run_dirs: list[Path], path: Path) -> None:
