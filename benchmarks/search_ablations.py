@@ -10,7 +10,8 @@ Diversity of a population: the mean, over pairs of its grouping matrices, of the
 it does not depend on how groups are numbered).
 
 ``--plot FILE.png`` also draws each directory's hypervolume against real evaluations (mean over
-its finished runs, with a band of ± one sample std).
+its finished runs, with a band of ± one sample std). ``--by-seed`` prints each run's hypervolume at the
+budget by seed, for paired comparisons of sets with few runs.
 
     .venv/bin/python benchmarks/search_ablations.py runs/vision-ta5 runs/vision-ta5-nosurr \\
         runs/vision-ta5-randinit runs/vision-ta5-layer runs/vision-ta5-model --plot runs/vision-hv.png
@@ -65,6 +66,17 @@ def mean_std(values: list[float], digits: int = 4) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
+def print_by_seed(run_dirs: list[Path]) -> None:
+    """HV at the budget per directory and seed: variants run with the same seed share their
+    random stream up to where they differ, so same-seed differences are the paired ones."""
+    by_dir = {d: {s["config"]["seed"]: s["history"][-1]["hypervolume"] for s in finished_runs(d)} for d in run_dirs}
+    seeds = sorted({seed for hv in by_dir.values() for seed in hv})
+    print("\n| run dir | " + " | ".join(f"seed {s}" for s in seeds) + " |")
+    print("|---|" + "---|" * len(seeds))
+    for d, hv in by_dir.items():
+        print(f"| {d} | " + " | ".join(f"{hv[s]:.4f}" if s in hv else "-" for s in seeds) + " |")
+
+
 def plot_curves(run_dirs: list[Path], path: Path) -> None:
     """Hypervolume against real evaluations per directory: mean over finished runs ± sample std."""
     import matplotlib
@@ -98,6 +110,8 @@ def main() -> None:
     parser.add_argument("run_dirs", nargs="+", type=Path)
     parser.add_argument("--at", type=int, default=100, help="also report the hypervolume after this many evaluations")
     parser.add_argument("--plot", type=Path, default=None, help="also draw hypervolume against evaluations here (.png)")
+    parser.add_argument("--by-seed", action="store_true",
+                        help="also print each finished run's hypervolume at the budget by seed (paired comparisons)")
     args = parser.parse_args()
     print(f"| run dir | finished runs | HV @budget | HV @{args.at} | HV initial | initial diversity | least C | best val P |")
     print("|---|---|---|---|---|---|---|---|")
@@ -112,6 +126,8 @@ def main() -> None:
               f"{mean_std([s['history'][0]['hypervolume'] for s in states], 3)} | "
               f"{mean_std([diversity([r['grouping'] for r in initial(s)]) for s in states], 3)} | "
               f"{min(r['storage_cost'] for r in records):.3f} | {max(r['performance'] for r in records):.3f} |")
+    if args.by_seed:
+        print_by_seed(args.run_dirs)
     if args.plot is not None:
         plot_curves(args.run_dirs, args.plot)
         print(f"wrote {args.plot}")
