@@ -66,10 +66,10 @@ def mean_std(values: list[float], digits: int = 4) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def print_by_seed(run_dirs: list[Path]) -> None:
+def print_by_seed(sets: dict[Path, list[dict]]) -> None:
     """HV at the budget per directory and seed: variants run with the same seed share their
     random stream up to where they differ, so same-seed differences are the paired ones."""
-    by_dir = {d: {s["config"]["seed"]: s["history"][-1]["hypervolume"] for s in finished_runs(d)} for d in run_dirs}
+    by_dir = {d: {s["config"]["seed"]: s["history"][-1]["hypervolume"] for s in states} for d, states in sets.items()}
     seeds = sorted({seed for hv in by_dir.values() for seed in hv})
     print("\n| run dir | " + " | ".join(f"seed {s}" for s in seeds) + " |")
     print("|---|" + "---|" * len(seeds))
@@ -77,7 +77,7 @@ def print_by_seed(run_dirs: list[Path]) -> None:
         print(f"| {d} | " + " | ".join(f"{hv[s]:.4f}" if s in hv else "-" for s in seeds) + " |")
 
 
-def plot_curves(run_dirs: list[Path], path: Path) -> None:
+def plot_curves(sets: dict[Path, list[dict]], path: Path) -> None:
     """Hypervolume against real evaluations per directory: mean over finished runs ± sample std."""
     import matplotlib
 
@@ -85,8 +85,7 @@ def plot_curves(run_dirs: list[Path], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for run_dir in run_dirs:
-        states = finished_runs(run_dir)
+    for run_dir, states in sets.items():
         if not states:
             continue
         grid = sorted({h["evaluations"] for s in states for h in s["history"]})
@@ -115,8 +114,8 @@ def main() -> None:
     args = parser.parse_args()
     print(f"| run dir | finished runs | HV @budget | HV @{args.at} | HV initial | initial diversity | least C | best val P |")
     print("|---|---|---|---|---|---|---|---|")
-    for run_dir in args.run_dirs:
-        states = finished_runs(run_dir)
+    sets = {run_dir: finished_runs(run_dir) for run_dir in args.run_dirs}  # each state file read once
+    for run_dir, states in sets.items():
         if not states:
             print(f"| {run_dir} | 0 | - | - | - | - | - | - |")
             continue
@@ -127,9 +126,9 @@ def main() -> None:
               f"{mean_std([diversity([r['grouping'] for r in initial(s)]) for s in states], 3)} | "
               f"{min(r['storage_cost'] for r in records):.3f} | {max(r['performance'] for r in records):.3f} |")
     if args.by_seed:
-        print_by_seed(args.run_dirs)
+        print_by_seed(sets)
     if args.plot is not None:
-        plot_curves(args.run_dirs, args.plot)
+        plot_curves(sets, args.plot)
         print(f"wrote {args.plot}")
 
 

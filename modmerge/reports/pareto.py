@@ -90,7 +90,7 @@ def summary_markdown(payload: dict[str, Any], baseline_rows: Sequence[dict[str, 
         lines.append(
             f"Test metrics of the Pareto set{'s' if len(tests) > 1 else ''}: {sum(c['real_evaluations'] for c in tests)} "
             f"solutions, {sum(c['task_runs'] for c in tests)} task runs against {sum(c['task_runs_naive'] for c in tests)}, "
-            f"{layers} encoder layer forwards against {layers_naive} ({100 * (1 - layers / max(layers_naive, 1)):.0f}% "
+            f"{layers} encoder layer forwards against {layers_naive} ({_saved(layers, layers_naive)} "
             f"saved), {sum(c['seconds'] for c in tests) / 60:.1f} min."
         )
     return "\n".join(lines) + "\n"
@@ -108,17 +108,26 @@ def _search_cost_lines(recorded: list[dict[str, Any] | None]) -> list[str]:
     lines = [
         f"Evaluation cost of the search (test metrics apart{scope}): {sum(c['real_evaluations'] for c in costs)} real "
         f"evaluations, {runs} task runs "
-        f"against {naive} for a naive evaluator ({100 * (1 - runs / max(naive, 1)):.0f}% saved by the chain cache); "
+        f"against {naive} for a naive evaluator ({_saved(runs, naive)} saved by the chain cache); "
         f"{sum(c['modules_built'] for c in costs)} modules built against {sum(c['modules_naive'] for c in costs)}."
     ]
     if all(c.get("layer_forwards_naive") for c in costs):  # older runs and own-models runs have none
         layers, layers_naive = sum(c["layer_forwards"] for c in costs), sum(c["layer_forwards_naive"] for c in costs)
         lines.append(
             f"Encoder layer forwards (one = one layer over a task's whole validation subset): {layers} against "
-            f"{layers_naive} for a naive evaluator ({100 * (1 - layers / max(layers_naive, 1)):.0f}% saved by the "
+            f"{layers_naive} for a naive evaluator ({_saved(layers, layers_naive)} saved by the "
             f"chain and prefix caches; {sum(c['prefix_hits'] for c in costs)} task runs resumed from cached hidden states)."
         )
     return lines
+
+
+def _saved(done: int, naive: int) -> str:
+    """The share of a naive evaluator's work that was not done, as a percentage.
+
+    >>> _saved(3, 4)
+    '25%'
+    """
+    return f"{100 * (1 - done / max(naive, 1)):.0f}%"
 
 
 def _bars_line(bars: dict[str, Any], validation_limit: int | None) -> str:
@@ -141,12 +150,7 @@ def _bars_line(bars: dict[str, Any], validation_limit: int | None) -> str:
 
 def plot_front(payload: dict[str, Any], baseline_rows: Sequence[dict[str, Any]], path: Path) -> None:
     """Pareto fronts (test P against C) of every run, with the baselines as points."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _figure()
     for i, run in enumerate(payload["runs"]):
         sols = sorted(run["solutions"], key=lambda s: s["storage_cost"])
         ax.step(
@@ -160,20 +164,12 @@ def plot_front(payload: dict[str, Any], baseline_rows: Sequence[dict[str, Any]],
     ax.set_ylabel(f"{_split(payload)} performance P (x100)")
     ax.set_title(f"{payload['zoo']} zoo" if payload.get("zoo") else "own models")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_hypervolume(histories: Sequence[dict[str, Any]], path: Path) -> None:
     """Each run's hypervolume against the real evaluations it had used (``history.json``'s runs)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _figure()
     for run in histories:
         gens = run["generations"]
         ax.step([g["evaluations"] for g in gens], [g["hypervolume"] for g in gens], where="post",
@@ -182,6 +178,23 @@ def plot_hypervolume(histories: Sequence[dict[str, Any]], path: Path) -> None:
     ax.set_ylabel("hypervolume")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def _figure() -> tuple[Any, Any]:
+    """A new 6 x 4 in figure and its axes, drawn off-screen."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(6, 4))
+
+
+def _save(fig: Any, path: Path) -> None:
+    """Write ``fig`` to ``path`` atomically (format from the suffix) and free it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     with atomic_file(path) as tmp:
         fig.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".") or "png")

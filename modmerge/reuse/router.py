@@ -43,7 +43,7 @@ from rich.progress import Progress
 from torch import nn
 
 from modmerge.errors import ModmergeError
-from modmerge.zoo.models import first_layers, load_body
+from modmerge.zoo.models import first_layer_keys, load_body
 from modmerge.zoo.progress import progress_task
 from modmerge.zoo.store import Zoo
 from modmerge.zoo.taskpool import TaskPool
@@ -354,7 +354,7 @@ def fit_zoo_router(
         keys = ckpt.keys()
         if config.feature_layers is not None:
             hf_config = transformers.AutoConfig.from_pretrained(backbone_dir)
-            keys = list(first_layers(dict.fromkeys(keys), hf_config, config.feature_layers))
+            keys = first_layer_keys(keys, hf_config, config.feature_layers)
         backbone = {k: ckpt.get(k).clone() for k in keys}
     body = router_body(backbone_dir, backbone, config.feature_layers).to(device)
     del backbone

@@ -68,9 +68,8 @@ class RayExecutor:
         owners = [i % len(self.workers) for i in range(len(gs))]
         futures = [self.workers[w].evaluate.remote([g.to_list()]) for w, g in zip(owners, gs, strict=True)]
         results = self._ray.get(futures)
-        for w, (_, counters) in zip(owners, results, strict=True):  # later calls carry more work
-            if counters.configurations >= self._worker_counters[w].configurations:
-                self._worker_counters[w] = counters
+        for w, (_, counters) in zip(owners, results, strict=True):  # an actor runs our calls in order:
+            self._worker_counters[w] = counters  # its last result holds all its work
         return [evaluations[0] for evaluations, _ in results]
 
     def counters(self) -> EvaluationCounters:

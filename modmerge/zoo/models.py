@@ -12,7 +12,7 @@ is taken from the task's own body) or ``"cls"`` (the first token of the last hid
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,17 +81,20 @@ def load_body(
 
 
 def first_layers(state: Mapping[str, torch.Tensor], config: Any, layers: int) -> dict[str, torch.Tensor]:
-    """``state`` without the tensors of encoder layers ``layers`` and deeper (layer indices come
-    from the architecture's data file, the same map the merges use): the weights a body
-    truncated by :func:`body_from_config` holds."""
-    keys = list(state)
-    cmap = decompose(keys, detect_architecture(config.to_dict(), keys))
-    kept = {}
-    for key, tensor in state.items():
-        layer = cmap.component_of(key).layer
-        if layer is None or layer < layers:
-            kept[key] = tensor
-    return kept
+    """``state`` without the tensors of encoder layers ``layers`` and deeper: the weights a body
+    truncated by :func:`body_from_config` holds (see :func:`first_layer_keys`)."""
+    return {k: state[k] for k in first_layer_keys(list(state), config, layers)}
+
+
+def first_layer_keys(keys: Sequence[str], config: Any, layers: int) -> list[str]:
+    """The parameter names of ``keys`` outside encoder layers ``layers`` and deeper (layer
+    indices come from the architecture's data file, the same map the merges use), so a caller
+    can read just those tensors from a checkpoint.
+
+    >>> first_layer_keys(ckpt.keys(), transformers.AutoConfig.from_pretrained(model_dir), 1)  # doctest: +SKIP
+    """
+    cmap = decompose(list(keys), detect_architecture(config.to_dict(), list(keys)))
+    return [k for k in keys if (layer := cmap.component_of(k).layer) is None or layer < layers]
 
 
 def checkpoint_key_map(body: nn.Module) -> dict[str, str]:
