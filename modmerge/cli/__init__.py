@@ -217,7 +217,7 @@ def baselines(
 ) -> None:
     """Evaluate every static-merging baseline on ZOO; write baselines.json and baselines.md."""
     from modmerge.errors import ModmergeError as _Err
-    from modmerge.zoo.baselines import BASELINES, markdown_table, report_json, run_baselines
+    from modmerge.objectives.baselines import BASELINES, markdown_table, report_json, run_baselines
 
     zoo_obj = _store(cache).load(zoo_name)
     chosen = BASELINES

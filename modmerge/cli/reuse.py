@@ -118,8 +118,8 @@ def evaluate(lib_dir: Path, budgets: tuple[float, ...], split: str, limit: int |
     from rich.table import Table
 
     from modmerge.reuse import ReuseEngine, evaluate_library
+    from modmerge.tasks.taskpool import TaskPool
     from modmerge.zoo.store import ZooStore
-    from modmerge.zoo.taskpool import TaskPool
 
     lib = _open_library(lib_dir)
     store = ZooStore(cache) if cache else ZooStore.default()

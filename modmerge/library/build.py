@@ -44,8 +44,8 @@ from modmerge.library.store import Library
 from modmerge.objectives.performance import ZooMergeProblem, chain
 from modmerge.recipes.schema import _one_line
 from modmerge.search.grouping import GroupingMatrix
+from modmerge.tasks.taskpool import DEFAULT_MAX_LENGTH, head_kind_keys
 from modmerge.zoo.store import Zoo, ZooStore
-from modmerge.zoo.taskpool import DEFAULT_MAX_LENGTH, head_kind_keys
 
 logger = logging.getLogger(__name__)
 
@@ -281,7 +281,7 @@ def _store_router(blobs: Path, router: RouterWeights, zoo: Zoo) -> RouterEntry:
     if layers is not None:  # a router that reads k layers needs only the body cut there
         import transformers
 
-        from modmerge.zoo.models import first_layers
+        from modmerge.tasks.models import first_layers
 
         backbone_config = transformers.AutoConfig.from_pretrained(zoo.root / zoo.manifest.backbone.path)
         backbone = first_layers(backbone, backbone_config, layers)

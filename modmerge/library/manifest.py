@@ -25,7 +25,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from modmerge.errors import ModmergeError
-from modmerge.zoo.manifest import BackboneInfo
+from modmerge.tasks.spec import BackboneInfo
 
 FORMAT = 1
 

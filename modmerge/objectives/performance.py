@@ -23,15 +23,15 @@ import numpy as np
 import torch
 
 from modmerge.experts.modules import ExpertBuilder, ModuleKey
+from modmerge.objectives.baselines import task_statistics
 from modmerge.objectives.prefix_cache import PrefixCache, prefix_keys
 from modmerge.objectives.storage import module_storage_cost
 from modmerge.quantization import QuantConfig
 from modmerge.recipes.plan import MethodCall
 from modmerge.search.grouping import GroupingMatrix
 from modmerge.search.problem import Evaluation
-from modmerge.zoo.baselines import task_statistics
+from modmerge.tasks.taskpool import StagedRun, TaskPool
 from modmerge.zoo.store import Zoo
-from modmerge.zoo.taskpool import StagedRun, TaskPool
 
 Chain = tuple[ModuleKey, ...]
 

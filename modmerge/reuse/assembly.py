@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from modmerge.errors import ModmergeError
-from modmerge.zoo.models import HEAD_KEYS, body_from_config, head_from_state, load_body_state
+from modmerge.tasks.models import HEAD_KEYS, body_from_config, head_from_state, load_body_state
 
 POOLER_PREFIX = "pooler."
 

@@ -37,8 +37,8 @@ from modmerge.reuse.assembly import (
     split_head_state,
 )
 from modmerge.reuse.inputs import RawInput, encode_images, encode_texts, parse_input, select_rows
-from modmerge.zoo.batching import EncodedTexts, eval_batches
-from modmerge.zoo.taskpool import DEFAULT_BATCH, DEFAULT_MAX_LENGTH
+from modmerge.tasks.batching import EncodedTexts, eval_batches
+from modmerge.tasks.taskpool import DEFAULT_BATCH, DEFAULT_MAX_LENGTH
 
 logger = logging.getLogger(__name__)
 

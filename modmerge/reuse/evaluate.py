@@ -3,7 +3,7 @@
 This is the per-budget row of the reuse stage's table: per task, the metric when every input is
 sent to its own task's expert chain (oracle), the metric when the router chooses (a misrouted
 input gets the other task's prediction, as a user would), and the router's accuracy. Inputs
-and labels come from a :class:`~modmerge.zoo.taskpool.TaskPool`, which encodes each split once
+and labels come from a :class:`~modmerge.tasks.taskpool.TaskPool`, which encodes each split once
 (texts are tokenised once and cached on disk by the pool), exactly as the search evaluated.
 
 Example::
@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from modmerge.reuse.engine import ReuseEngine
+from modmerge.tasks.taskpool import TaskPool, score
 from modmerge.zoo.store import Zoo
-from modmerge.zoo.taskpool import TaskPool, score
 
 
 def evaluate_library(

@@ -37,7 +37,7 @@ from modmerge.checkpoints.writer import move_into_place, write_model_directory
 from modmerge.errors import ModmergeError
 from modmerge.reuse.assembly import POOLER_PREFIX, assemble_body
 from modmerge.reuse.engine import ReuseEngine
-from modmerge.zoo.models import body_from_config, body_state, load_body_state
+from modmerge.tasks.models import body_from_config, body_state, load_body_state
 
 HEAD_FILE = "modmerge_head.safetensors"
 AUTO_CLASSES = {("text", "pooler"): transformers.AutoModelForSequenceClassification,

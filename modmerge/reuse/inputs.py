@@ -5,7 +5,7 @@ file's bytes, base64-encoded: how a client uploads one), optionally with ``"task
 oracle task pattern for that input: the router is skipped for it) and ``"id"`` (echoed back).
 Images are read as the zoo's image tasks store them: greyscale, the backbone's image size,
 float32 in [0, 1] (``uint8 / 255.0``, the same expression the zoo's datasets use, so a PNG of a
-zoo test image gives bit-identical pixels), then :func:`~modmerge.zoo.batching.pixel_values`.
+zoo test image gives bit-identical pixels), then :func:`~modmerge.tasks.batching.pixel_values`.
 
 Example::
 
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from modmerge.errors import ModmergeError
-from modmerge.zoo.batching import EncodedTexts, pixel_values, tokenize
+from modmerge.tasks.batching import EncodedTexts, pixel_values, tokenize
 
 ALLOWED_FIELDS = frozenset({"text", "image", "image_b64", "task", "id"})
 

@@ -43,10 +43,10 @@ from rich.progress import Progress
 from torch import nn
 
 from modmerge.errors import ModmergeError
-from modmerge.zoo.models import first_layer_keys, load_body
-from modmerge.zoo.progress import progress_task
+from modmerge.tasks.models import first_layer_keys, load_body
+from modmerge.tasks.progress import progress_task
+from modmerge.tasks.taskpool import TaskPool
 from modmerge.zoo.store import Zoo
-from modmerge.zoo.taskpool import TaskPool
 
 logger = logging.getLogger(__name__)
 

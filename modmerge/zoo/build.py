@@ -21,9 +21,9 @@ file (``backbone.json``, ``tasks/<t>/task.json``, ``manifest.json``) comes last,
 interrupted build leaves only directories without their marker, which the next run deletes and
 rebuilds. Bodies keep the backbone's parameter names, so ``modmerge merge`` reads them directly.
 
-Batches for :func:`fine_tune` come from :mod:`modmerge.zoo.batching` (seeded image batches,
+Batches for :func:`fine_tune` come from :mod:`modmerge.tasks.batching` (seeded image batches,
 length-bucketed text batches); metrics to record come from
-:func:`modmerge.zoo.taskpool.build_metrics`; progress bars from :mod:`modmerge.zoo.progress`.
+:func:`modmerge.tasks.taskpool.build_metrics`; progress bars from :mod:`modmerge.tasks.progress`.
 """
 
 from __future__ import annotations
@@ -46,10 +46,10 @@ from torch import nn
 
 from modmerge.atomic import atomic_file, write_json
 from modmerge.checkpoints import TensorInfo, write_model_directory
+from modmerge.tasks.models import TaskClassifier, body_state, head_state
+from modmerge.tasks.progress import progress_task
 from modmerge.zoo.datasets import Split, TaskData
 from modmerge.zoo.manifest import BackboneInfo, TaskEntry, ZooManifest
-from modmerge.zoo.models import TaskClassifier, body_state, head_state
-from modmerge.zoo.progress import progress_task
 from modmerge.zoo.store import Zoo, ZooError, ZooStore, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -326,7 +326,7 @@ def fine_tune(
     """Train every trainable parameter of ``model`` (AdamW, linear warmup then decay); in place.
 
     ``train_batches(epoch)`` gives that epoch's ``(model inputs, labels)`` batches; seed its
-    shuffle with the epoch (the helpers in :mod:`modmerge.zoo.batching` do). Dropout is seeded
+    shuffle with the epoch (the helpers in :mod:`modmerge.tasks.batching` do). Dropout is seeded
     from ``seed`` inside a forked RNG, so the same seed gives the same weights and the global RNG
     is untouched. ``loss="mse"`` trains a one-output regression head. Returns
     ``{"steps", "epoch_loss", "final_loss", "seconds"}``; the model is left in eval mode.

@@ -21,53 +21,15 @@ Example::
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field
 
-MetricName = Literal["accuracy", "mcc", "macro_f1", "pearson_spearman"]
-Pooling = Literal["pooler", "cls"]
+from modmerge.tasks.spec import BackboneInfo, TaskEntry
+
+__all__ = ["BackboneInfo", "TaskEntry", "ZooManifest"]
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class BackboneInfo(_Model):
-    """The pretrained body every task model was fine-tuned from."""
-
-    name: str = Field(description="e.g. 'all-MiniLM-L6-v2' or 'vit-tiny (self-pretrained)'")
-    path: str = Field(default="backbone", description="HF directory, relative to the zoo directory")
-    architecture: str = Field(description="component architecture name, e.g. 'bert' or 'vit'")
-    parameters: int
-    self_pretrained: bool = Field(description="pretrained inside this project (say so in every report)")
-    source: str = Field(description="where the weights came from, with version")
-    pretraining: str = Field(default="", description="how it was pretrained, when self-pretrained")
-    train_seconds: float = Field(default=0.0, description="pretraining wall time, when self-pretrained")
-
-
-class TaskEntry(_Model):
-    """One task: its data, its fine-tuned model, and how well it does."""
-
-    name: str
-    modality: Literal["text", "image"]
-    description: str
-    label_names: list[str]
-    metric: MetricName = "accuracy"
-    pooling: Pooling = Field(description="'pooler': BERT pooler output; 'cls': first token of the last layer")
-    # Paths, sizes and hashes below are filled in by ZooWriter.write_task; builders leave them empty.
-    body: str = Field(default="", description="HF directory of the fine-tuned body, relative to the zoo directory")
-    head: str = Field(default="", description="safetensors file of the task head, relative to the zoo directory")
-    head_parameters: int = 0
-    data: str = Field(default="", description="cached splits file, relative to the zoo directory")
-    split_sizes: dict[str, int] = Field(default_factory=dict)
-    derived: bool = False
-    fine_tuning: dict[str, float | int | str] = Field(default_factory=dict, description="method, epochs, lr, ...")
-    train_seconds: float = 0.0
-    metrics: dict[str, float] = Field(
-        default_factory=dict, description="e.g. individual_validation, individual_test, pretrained_test"
-    )
-    sha256: dict[str, str] = Field(default_factory=dict, description="relative file -> sha256")
 
 
 class ZooManifest(_Model):

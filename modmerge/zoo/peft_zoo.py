@@ -39,9 +39,9 @@ from peft import IA3Config, LoraConfig, PeftConfig, get_peft_model
 from rich.progress import Progress
 
 from modmerge.checkpoints import open_checkpoint
+from modmerge.tasks.models import TaskClassifier, load_body
 from modmerge.zoo.assets import AssetStore
 from modmerge.zoo.build import ZooWriter, fine_tune
-from modmerge.zoo.models import TaskClassifier, load_body
 from modmerge.zoo.store import Zoo, ZooError, ZooStore
 from modmerge.zoo.text import (
     TaskLoader,

@@ -8,50 +8,28 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from filelock import FileLock, Timeout
 from safetensors.torch import load_file
 
 from modmerge.cache import default_cache_root, sha256_file  # noqa: F401  (re-exported)
-from modmerge.checkpoints import Checkpoint, TensorInfo, open_checkpoint
+from modmerge.checkpoints import Checkpoint, open_checkpoint
+from modmerge.checkpoints.task_model import WithBase
 from modmerge.components import ComponentMap, decompose, load_architecture
-from modmerge.errors import ModmergeError
-from modmerge.zoo.manifest import TaskEntry, ZooManifest
+from modmerge.tasks.spec import BackboneInfo, TaskEntry, TaskError
+from modmerge.zoo.manifest import ZooManifest
 
 logger = logging.getLogger(__name__)
 
 
-class ZooError(ModmergeError):
+class ZooError(TaskError):
     """A zoo is unknown, not built, or damaged."""
-
-
-class _ClosesBase:
-    """An adapter's dense view that also closes the backbone it was opened over (which the
-    adapter reader leaves open when given an explicit base)."""
-
-    def __init__(self, dense: Checkpoint, base: Checkpoint) -> None:
-        self.label, self._dense, self._base = dense.label, dense, base
-
-    def keys(self) -> list[str]:
-        return self._dense.keys()
-
-    def info(self, key: str) -> TensorInfo:
-        return self._dense.info(key)
-
-    def get(self, key: str) -> torch.Tensor:
-        return self._dense.get(key)
-
-    def release(self, key: str) -> None:
-        self._dense.release(key)
-
-    def close(self) -> None:
-        self._dense.close()
-        self._base.close()
 
 
 @dataclass(frozen=True)
@@ -68,6 +46,26 @@ class Zoo:
     @property
     def tasks(self) -> list[str]:
         return self.manifest.task_names
+
+    @property
+    def backbone_dir(self) -> Path:
+        return self.root / self.manifest.backbone.path
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.backbone_dir
+
+    @property
+    def backbone_info(self) -> BackboneInfo:
+        return self.manifest.backbone
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.root / "data" / "cache"
+
+    def describe(self) -> dict[str, str]:
+        """``{"zoo": name, "store": root}``: what :func:`open_zoo_description` reopens."""
+        return {"zoo": self.name, "store": str(self.root.parent.parent)}
 
     def entry(self, task: str) -> TaskEntry:
         try:
@@ -93,7 +91,7 @@ class Zoo:
             except Exception:
                 base.close()
                 raise
-            source = _ClosesBase(dense, base)
+            source = WithBase(dense, base)
             return Checkpoint(source=source, label=dense.label, config=dense.config, directory=dense.directory,
                               files=dense.files)
         return open_checkpoint(path)
@@ -159,3 +157,9 @@ class ZooStore:
         except (ValueError, OSError) as err:
             raise ZooError(f"{path}: unreadable zoo manifest ({str(err).splitlines()[0]})") from None
         return Zoo(root=path.parent, manifest=manifest)
+
+
+def open_zoo_description(description: Mapping[str, Any]) -> Zoo:
+    """The zoo a :meth:`Zoo.describe` object names (its store root, else the default store)."""
+    store = ZooStore(Path(description["store"])) if description.get("store") else ZooStore.default()
+    return store.load(str(description["zoo"]))

@@ -42,14 +42,14 @@ from rich.progress import Progress
 from torch import nn
 
 from modmerge.checkpoints import open_checkpoint
+from modmerge.tasks.batching import Batch, EncodedTexts, text_batches
+from modmerge.tasks.models import TaskClassifier, body_state, load_body
+from modmerge.tasks.spec import BackboneInfo, TaskEntry
+from modmerge.tasks.taskpool import build_metrics, encode_inputs, head_kind_keys
 from modmerge.zoo.assets import AssetStore
-from modmerge.zoo.batching import Batch, EncodedTexts, text_batches
 from modmerge.zoo.build import ZooWriter, count_parameters, fine_tune, new_head
 from modmerge.zoo.datasets import TEXT_TASKS, SplitSizes, TaskData
-from modmerge.zoo.manifest import BackboneInfo, TaskEntry
-from modmerge.zoo.models import TaskClassifier, body_state, load_body
 from modmerge.zoo.store import Zoo, ZooStore
-from modmerge.zoo.taskpool import build_metrics, encode_inputs, head_kind_keys
 
 logger = logging.getLogger(__name__)
 

@@ -34,14 +34,14 @@ import torch
 import transformers
 from rich.progress import Progress
 
-from modmerge.zoo.batching import text_batches
+from modmerge.tasks.batching import text_batches
+from modmerge.tasks.models import TaskClassifier, body_state, load_body
+from modmerge.tasks.spec import BackboneInfo, TaskEntry
+from modmerge.tasks.taskpool import build_metrics, encode_inputs, head_kind_keys
 from modmerge.zoo.build import ZooWriter, count_parameters, fine_tune, new_head
 from modmerge.zoo.datasets import Split, TaskData
 from modmerge.zoo.datasets.base import task_rng
-from modmerge.zoo.manifest import BackboneInfo, TaskEntry
-from modmerge.zoo.models import TaskClassifier, body_state, load_body
 from modmerge.zoo.store import Zoo, ZooStore
-from modmerge.zoo.taskpool import build_metrics, encode_inputs, head_kind_keys
 
 logger = logging.getLogger(__name__)
 

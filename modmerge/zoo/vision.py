@@ -30,14 +30,14 @@ import torch
 import transformers
 from rich.progress import Progress
 
+from modmerge.tasks.batching import Batch, image_batches, pixel_values
+from modmerge.tasks.models import TaskClassifier, body_state, load_body
+from modmerge.tasks.spec import BackboneInfo, TaskEntry
+from modmerge.tasks.taskpool import build_metrics, encode_inputs
 from modmerge.zoo.assets import AssetStore
-from modmerge.zoo.batching import Batch, image_batches, pixel_values
 from modmerge.zoo.build import ZooWriter, count_parameters, fine_tune, new_head
 from modmerge.zoo.datasets import IMAGE_TASKS, load_vision_pretraining
-from modmerge.zoo.manifest import BackboneInfo, TaskEntry
-from modmerge.zoo.models import TaskClassifier, body_state, load_body
 from modmerge.zoo.store import Zoo, ZooStore
-from modmerge.zoo.taskpool import build_metrics, encode_inputs
 
 logger = logging.getLogger(__name__)
 

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from modmerge.objectives.baselines import body_keys, merge_bodies
 from modmerge.objectives.performance import ZooMergeProblem, chain, modules_of
 from modmerge.quantization import QuantConfig
 from modmerge.recipes.plan import MethodCall
 from modmerge.search.grouping import GroupingMatrix
-from modmerge.zoo.baselines import body_keys, merge_bodies
-from modmerge.zoo.taskpool import TaskPool
+from modmerge.tasks.taskpool import TaskPool
 
 NEVER = QuantConfig(mode="never")
 

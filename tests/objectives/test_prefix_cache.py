@@ -104,7 +104,7 @@ def test_counters_report_layer_forwards(pair):
 
 
 def test_a_body_without_a_stage_split_runs_whole(tiny_zoo, pair, monkeypatch):
-    from modmerge.zoo import staged
+    from modmerge.tasks import staged
 
     monkeypatch.delitem(staged.STAGE_SPECS, "BertModel")
     p = make(tiny_zoo, 64 * 2**20)

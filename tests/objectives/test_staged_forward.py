@@ -7,9 +7,9 @@ import torch
 import transformers
 
 from modmerge.errors import ModmergeError
-from modmerge.zoo.batching import eval_batches
-from modmerge.zoo.staged import load_partial_state, staged_body
-from modmerge.zoo.taskpool import TaskPool
+from modmerge.tasks.batching import eval_batches
+from modmerge.tasks.staged import load_partial_state, staged_body
+from modmerge.tasks.taskpool import TaskPool
 
 
 @pytest.fixture(scope="module")

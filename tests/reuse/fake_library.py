@@ -16,7 +16,7 @@ from modmerge.objectives.performance import chain
 from modmerge.quantization import QuantConfig
 from modmerge.recipes.plan import MethodCall
 from modmerge.search.grouping import GroupingMatrix
-from modmerge.zoo.taskpool import TaskPool
+from modmerge.tasks.taskpool import TaskPool
 
 
 @dataclass

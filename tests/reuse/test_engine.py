@@ -11,8 +11,8 @@ from modmerge.errors import ModmergeError
 from modmerge.reuse.assembly import chain_state
 from modmerge.reuse.engine import ReuseEngine
 from modmerge.search.grouping import GroupingMatrix
+from modmerge.tasks.taskpool import TaskPool
 from modmerge.zoo.store import ZooStore
-from modmerge.zoo.taskpool import TaskPool
 
 N = 48
 

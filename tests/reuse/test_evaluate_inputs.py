@@ -18,7 +18,7 @@ from modmerge.reuse.evaluate import evaluate_library
 from modmerge.reuse.inputs import InputError, encode_images, load_image, parse_input, read_jsonl
 from modmerge.reuse.router import router_body
 from modmerge.search.grouping import GroupingMatrix
-from modmerge.zoo.taskpool import TaskPool
+from modmerge.tasks.taskpool import TaskPool
 
 
 @dataclass(frozen=True)

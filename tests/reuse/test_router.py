@@ -17,7 +17,7 @@ from modmerge.reuse import (
     router_features,
     train_router,
 )
-from modmerge.zoo.models import load_body
+from modmerge.tasks.models import load_body
 
 
 def blobs(n_tasks: int = 3, per_task: int = 60, dim: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,7 +25,7 @@ from modmerge.reuse import (
     router_features,
 )
 from modmerge.search.driver import SearchRecipe, run_search_recipe
-from modmerge.zoo.models import load_body
+from modmerge.tasks.models import load_body
 from modmerge.zoo.store import ZooStore
 
 LAYERS = 3

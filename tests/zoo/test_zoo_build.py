@@ -9,18 +9,18 @@ import torch
 import transformers
 
 from modmerge.checkpoints import open_checkpoint
-from modmerge.zoo import build as build_module
-from modmerge.zoo.batching import (
+from modmerge.tasks.batching import (
     EncodedTexts,
     eval_batches,
     image_batches,
     pixel_values,
     text_batches,
 )
+from modmerge.tasks.models import TaskClassifier, body_state, load_body
+from modmerge.zoo import build as build_module
 from modmerge.zoo.build import ZooWriter, fine_tune, new_head
 from modmerge.zoo.datasets import Split
 from modmerge.zoo.manifest import BackboneInfo, TaskEntry, ZooManifest
-from modmerge.zoo.models import TaskClassifier, body_state, load_body
 from modmerge.zoo.store import ZooError, ZooStore, sha256_file
 
 

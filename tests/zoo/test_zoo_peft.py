@@ -11,11 +11,11 @@ from peft import PeftModel
 # conftest.py puts this directory on sys.path; the tiny backbone and loader are shared with the text tests.
 from test_zoo_text import RecordingLoader, make_tiny_backbone
 
+from modmerge.tasks.models import body_state, load_body
+from modmerge.tasks.taskpool import TaskPool
 from modmerge.zoo.assets import AssetStore
-from modmerge.zoo.models import body_state, load_body
 from modmerge.zoo.peft_zoo import PEFT_VARIANTS, build_peft, build_peft_zoos, get_variant
 from modmerge.zoo.store import ZooError, ZooStore, sha256_file
-from modmerge.zoo.taskpool import TaskPool
 from modmerge.zoo.text import TextSettings
 
 TASKS = ("has_animal", "first_group")

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from modmerge.tasks.taskpool import TaskPool
 from modmerge.zoo.assets import AssetStore
 from modmerge.zoo.datasets import TEXT_TASKS, Split, SplitSizes, TaskData
 from modmerge.zoo.manifest import BackboneInfo
 from modmerge.zoo.store import ZooStore, sha256_file
-from modmerge.zoo.taskpool import TaskPool
 from modmerge.zoo.text import (
     TEXT_ZOO_TASKS,
     TextBackbone,

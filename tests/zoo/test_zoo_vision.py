@@ -7,9 +7,9 @@ import torch
 import transformers
 
 from modmerge.components import decompose
-from modmerge.zoo.models import body_state, load_body_state
+from modmerge.tasks.models import body_state, load_body_state
+from modmerge.tasks.taskpool import TaskPool
 from modmerge.zoo.store import ZooStore
-from modmerge.zoo.taskpool import TaskPool
 from modmerge.zoo.vision import (
     VISION_TASKS,
     VisionSettings,

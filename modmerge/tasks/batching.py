@@ -88,12 +88,18 @@ class EncodedTexts:
         return cls(payload["ids"], payload["offsets"], int(payload["pad_id"]))
 
 
-def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> EncodedTexts:
-    """Tokenise ``texts`` once (truncated to ``max_length``, no padding).
+def tokenize(tokenizer: Any, texts: Sequence[str] | Sequence[tuple[str, str]], max_length: int) -> EncodedTexts:
+    """Tokenise ``texts`` once (truncated to ``max_length``, no padding); 2-tuples are encoded as
+    sentence pairs (``[CLS] a [SEP] b [SEP]``, truncating the longer first).
 
     ``tokenizer`` is a Hugging Face tokenizer (``AutoTokenizer.from_pretrained(backbone_dir)``).
     """
-    encoded = tokenizer(list(texts), truncation=True, max_length=max_length, padding=False)
+    texts = list(texts)
+    if texts and isinstance(texts[0], (tuple, list)):
+        first, second = [str(t[0]) for t in texts], [str(t[1]) for t in texts]
+        encoded = tokenizer(first, second, truncation="longest_first", max_length=max_length, padding=False)
+    else:
+        encoded = tokenizer(texts, truncation=True, max_length=max_length, padding=False)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return EncodedTexts.from_lists(encoded["input_ids"], pad_id=pad_id)
 

@@ -7,9 +7,9 @@ import torch
 
 from modmerge.errors import ModmergeError
 from modmerge.merging import get_method
-from modmerge.zoo.metrics import accuracy
-from modmerge.zoo.store import ZooError
-from modmerge.zoo.taskpool import TaskPool, head_kind_keys
+from modmerge.tasks.metrics import accuracy
+from modmerge.tasks.spec import TaskError
+from modmerge.tasks.taskpool import TaskPool, head_kind_keys
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_limit_takes_the_first_examples(tiny_zoo, pool):
     assert torch.equal(limited.labels(task), full_labels[:40])
     assert torch.equal(limited.predictions(task), full_preds[:40])
     assert limited.evaluate(task) == accuracy(full_labels[:40], full_preds[:40])
-    with pytest.raises(ZooError, match="limit"):
+    with pytest.raises(TaskError, match="limit"):
         TaskPool(tiny_zoo, limit=0)
 
 

@@ -28,9 +28,9 @@ from modmerge.merging import get_method
 from modmerge.merging.statistics import StatisticsCache, compute_fisher, compute_gram, strip_prefix
 from modmerge.recipes.execute import merged_tensors, model_scope_thresholds
 from modmerge.recipes.plan import MethodCall
-from modmerge.zoo.models import checkpoint_key_map
+from modmerge.tasks.models import checkpoint_key_map
+from modmerge.tasks.taskpool import TaskPool
 from modmerge.zoo.store import Zoo
-from modmerge.zoo.taskpool import TaskPool
 
 logger = logging.getLogger(__name__)
 State = dict[str, torch.Tensor]

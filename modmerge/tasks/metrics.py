@@ -2,7 +2,8 @@
 
 Classification metrics take integer class ids; :func:`pearson_spearman` takes real values
 (regression heads). Scores are fractions, not percentages (reports multiply by 100).
-:data:`METRICS` maps the names a :class:`~modmerge.zoo.manifest.TaskEntry` may carry to them.
+:data:`METRICS` maps the names a :class:`~modmerge.tasks.spec.TaskEntry` (and a task suite's
+``metric`` field) may carry to them.
 
 Example::
 
@@ -120,15 +121,38 @@ def pearson_spearman(labels: torch.Tensor, predictions: torch.Tensor) -> float:
     return (pearson + spearman) / 2
 
 
+def pearson(labels: torch.Tensor, predictions: torch.Tensor) -> float:
+    """Pearson correlation of real-valued predictions (0.0 for a constant input).
+
+    >>> pearson(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([2.0, 4.0, 6.0]))
+    1.0
+    """
+    labels, predictions = _pair(labels, predictions, "pearson")
+    return _pearson(labels, predictions)
+
+
+def spearman(labels: torch.Tensor, predictions: torch.Tensor) -> float:
+    """Spearman rank correlation, ties at their average rank (0.0 for a constant input).
+
+    >>> spearman(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 5.0, 9.0]))
+    1.0
+    """
+    labels, predictions = _pair(labels, predictions, "spearman")
+    return _pearson(_ranks(labels), _ranks(predictions))
+
+
 METRICS: Mapping[str, Metric] = {
     "accuracy": accuracy,
     "mcc": mcc,
     "macro_f1": macro_f1,
+    "f1_macro": macro_f1,  # the task-suite spelling
+    "pearson": pearson,
+    "spearman": spearman,
     "pearson_spearman": pearson_spearman,
 }
 
 # Metrics scored on real-valued outputs (a regression head) rather than on class ids.
-REGRESSION_METRICS = frozenset({"pearson_spearman"})
+REGRESSION_METRICS = frozenset({"pearson", "spearman", "pearson_spearman"})
 
 
 def get_metric(name: str) -> Metric:

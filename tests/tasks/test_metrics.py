@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from modmerge.errors import ModmergeError
-from modmerge.zoo.metrics import METRICS, accuracy, get_metric, macro_f1, mcc, pearson_spearman
+from modmerge.tasks.metrics import METRICS, accuracy, get_metric, macro_f1, mcc, pearson_spearman
 
 T = torch.tensor
 
@@ -16,7 +16,7 @@ T = torch.tensor
 def test_table_names_every_metric_a_manifest_may_carry():
     from typing import get_args
 
-    from modmerge.zoo.manifest import MetricName
+    from modmerge.tasks.spec import MetricName
 
     assert set(METRICS) == set(get_args(MetricName))
     assert get_metric("accuracy") is accuracy

@@ -23,7 +23,7 @@ from torch import nn
 from modmerge.checkpoints import open_checkpoint
 from modmerge.components import decompose, detect_architecture
 from modmerge.errors import ModmergeError
-from modmerge.zoo.manifest import Pooling
+from modmerge.tasks.spec import Pooling
 
 HEAD_KEYS = ("classifier.weight", "classifier.bias")
 
@@ -56,6 +56,20 @@ def body_from_config(
     if keys is not None and getattr(body, "pooler", None) is not None and not any(k.startswith("pooler.") for k in keys):
         body.pooler = None
     return body.eval()
+
+
+def body_keys_of(model_dir: Path) -> list[str]:
+    """The checkpoint names of the bare body ``AutoModel`` builds from ``model_dir``'s config (built
+    on the meta device: no memory, no weights read), buffers such as ``position_ids`` left out.
+
+    >>> body_keys_of(Path("bert-base"))[:1]  # doctest: +SKIP
+    ['embeddings.word_embeddings.weight']
+    """
+    config = transformers.AutoConfig.from_pretrained(model_dir)
+    with torch.device("meta"):
+        body = transformers.AutoModel.from_config(config)
+    parameters = {name for name, _ in body.named_parameters()}
+    return [checkpoint for module, checkpoint in checkpoint_key_map(body).items() if module in parameters]
 
 
 def load_body(

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from modmerge.errors import ModmergeError
-from modmerge.zoo.models import checkpoint_key_map
+from modmerge.tasks.models import checkpoint_key_map
 
 Inputs = Mapping[str, torch.Tensor]
 

@@ -2,7 +2,7 @@
 
 Evaluation is the inner loop of the Pareto search (hundreds of merged bodies x T tasks), so
 the pool does the expensive work once: every (task, split) is encoded once (tokenised texts are
-also cached on disk under ``<zoo>/data/cache``), one body module per modality is built once and
+also cached on disk under the source's ``cache_dir``), one body module per modality is built once and
 refilled in place with ``load_state_dict``, batches run under ``torch.inference_mode``, and texts
 are batched by length so padding stays small.
 
@@ -11,8 +11,8 @@ the size-constrained D'_t the paper evaluates candidate merges on.
 
 Example::
 
-    >>> zoo = ZooStore.default().load("vision")                         # doctest: +SKIP
-    >>> pool = TaskPool(zoo, split="validation", limit=500)             # doctest: +SKIP
+    >>> source = open_suite("suite.yaml")    # or a built zoo            # doctest: +SKIP
+    >>> pool = TaskPool(source, split="validation", limit=500)          # doctest: +SKIP
     >>> pool.evaluate("mnist")                  # its own fine-tuned body  # doctest: +SKIP
     0.972
     >>> pool.evaluate("mnist", pool.pretrained_state())                 # doctest: +SKIP
@@ -35,11 +35,11 @@ from rich.progress import Progress
 from torch import nn
 
 from modmerge.atomic import atomic_file
+from modmerge.cache import sha256_file
 from modmerge.components import decompose
-from modmerge.zoo.batching import EncodedTexts, eval_batches, pixel_values, take_first, tokenize
-from modmerge.zoo.manifest import TaskEntry
-from modmerge.zoo.metrics import REGRESSION_METRICS, get_metric
-from modmerge.zoo.models import (
+from modmerge.tasks.batching import EncodedTexts, eval_batches, pixel_values, take_first, tokenize
+from modmerge.tasks.metrics import REGRESSION_METRICS, get_metric
+from modmerge.tasks.models import (
     TaskClassifier,
     body_from_config,
     body_state,
@@ -47,10 +47,11 @@ from modmerge.zoo.models import (
     head_from_state,
     load_body_state,
 )
-from modmerge.zoo.precision import check_precision_speed, precision_context
-from modmerge.zoo.progress import progress_task
-from modmerge.zoo.staged import StagedBody, load_partial_state, staged_body
-from modmerge.zoo.store import Zoo, ZooError, sha256_file
+from modmerge.tasks.precision import check_precision_speed, precision_context
+from modmerge.tasks.progress import progress_task
+from modmerge.tasks.source import TaskSource
+from modmerge.tasks.spec import TaskEntry, TaskError
+from modmerge.tasks.staged import StagedBody, load_partial_state, staged_body
 
 logger = logging.getLogger(__name__)
 
@@ -62,17 +63,25 @@ Pool = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 # ~35%) and ran MiniLM 1.1-1.6x faster per example on 2 cores than 128 (benchmarks/eval_batch.py measures it).
 DEFAULT_BATCH = {"image": 256, "text": 32}
 DEFAULT_MAX_LENGTH = 128
-def encode_inputs(entry: TaskEntry, inputs: torch.Tensor | list[str], tokenizer: Any = None) -> Encoded:
-    """Model-ready inputs of a split: pixel values for images, :class:`EncodedTexts` for texts.
+def encode_inputs(entry: TaskEntry, inputs: torch.Tensor | list[Any], tokenizer: Any = None) -> Encoded:
+    """Model-ready inputs of a split: pixel values for images, :class:`EncodedTexts` for texts
+    (single texts, or pairs as 2-tuples). Images are N x H x W in [0, 1] (a zoo's grayscale
+    images) or N x C x H x W pixel values already made by the task's image processor (a suite).
 
     >>> encode_inputs(entry, torch.zeros(4, 28, 28)).shape  # doctest: +SKIP
     torch.Size([4, 1, 28, 28])
     """
     if entry.modality == "image":
-        return pixel_values(inputs)  # type: ignore[arg-type]
+        images = torch.as_tensor(inputs)
+        return images.float().contiguous() if images.dim() == 4 else pixel_values(images)
     if tokenizer is None:
-        raise ZooError(f"task '{entry.name}': text inputs need a tokenizer")
-    return tokenize(tokenizer, inputs, int(entry.fine_tuning.get("max_length", DEFAULT_MAX_LENGTH)))  # type: ignore[arg-type]
+        raise TaskError(f"task '{entry.name}': text inputs need a tokenizer")
+    return tokenize(tokenizer, inputs, max_length(entry))  # type: ignore[arg-type]
+
+
+def max_length(entry: TaskEntry) -> int:
+    """The tokenizer truncation of the task's texts (its own setting, else its fine-tuning's)."""
+    return int(entry.max_length or entry.fine_tuning.get("max_length", DEFAULT_MAX_LENGTH))
 
 
 def predict(
@@ -148,21 +157,21 @@ class StagedRun:
         return sum(t.nbytes for batches in self.hidden.values() for t in batches)
 
 
-def head_kind_keys(zoo_or_keys: Zoo | list[str], architecture: str = "") -> list[str]:
+def head_kind_keys(source_or_keys: TaskSource | list[str], architecture: str = "") -> list[str]:
     """Body keys of component kind ``head`` (e.g. ``pooler.dense.weight``), never merged.
 
     >>> head_kind_keys(["pooler.dense.weight", "embeddings.word_embeddings.weight"], "bert")
     ['pooler.dense.weight']
     """
-    if isinstance(zoo_or_keys, Zoo):
-        cmap = zoo_or_keys.component_map()
+    if isinstance(source_or_keys, list):
+        cmap = decompose(source_or_keys, architecture)
     else:
-        cmap = decompose(zoo_or_keys, architecture)
+        cmap = source_or_keys.component_map()
     return [k for k in cmap.keys() if cmap.component_of(k).kind == "head"]
 
 
 class TaskPool:
-    """Evaluates bodies on a zoo's tasks (see module doc). Not thread-safe: it owns one body.
+    """Evaluates bodies on a task source's tasks (see module doc). Not thread-safe: it owns one body.
 
     ``body_state`` None means the task's own fine-tuned body. Keys of component kind ``head``
     (BERT's pooler) missing from a given state are taken from the task's own body, since they
@@ -171,23 +180,23 @@ class TaskPool:
     ``precision`` (``float32``, ``bfloat16``, ``float16``) is what every forward of the pool runs
     at; the lower ones run under ``torch.autocast`` and give approximate metrics, faster only on
     hardware with units for them. Their speed-up over float32 is measured when the pool starts
-    (:func:`~modmerge.zoo.precision.check_precision_speed` warns if it is below 1), unless
+    (:func:`~modmerge.tasks.precision.check_precision_speed` warns if it is below 1), unless
     ``precision_speedup`` gives it (:meth:`on_split` passes its own on).
     """
 
     def __init__(
-        self, zoo: Zoo, *, split: str = "test", limit: int | None = None, batch_size: int | None = None,
+        self, source: TaskSource, *, split: str = "test", limit: int | None = None, batch_size: int | None = None,
         device: str | torch.device = "cpu", progress: Progress | None = None, precision: str = "float32",
         precision_speedup: float | None = None,
     ) -> None:
         if limit is not None and limit < 1:
-            raise ZooError(f"task pool limit must be >= 1, got {limit}")
+            raise TaskError(f"task pool limit must be >= 1, got {limit}")
         precision_context(precision, torch.device(device))  # an unknown precision fails here
         self.precision = precision
         if precision_speedup is None:  # a few ms; warns if the lower precision is the slower one here
             precision_speedup = 1.0 if precision == "float32" else check_precision_speed(precision, torch.device(device))
         self.precision_speedup = precision_speedup
-        self.zoo, self.split, self.limit, self.device, self.progress = zoo, split, limit, torch.device(device), progress
+        self.source, self.split, self.limit, self.device, self.progress = source, split, limit, torch.device(device), progress
         self._batch_size = batch_size
         self._bodies: dict[str, transformers.PreTrainedModel] = {}
         self._heads: dict[str, nn.Linear] = {}
@@ -196,21 +205,21 @@ class TaskPool:
         self._labels: dict[tuple[str, str], torch.Tensor] = {}
         self._pretrained: dict[str, torch.Tensor] | None = None
         self._tokenizer: Any = None
-        self._head_keys = head_kind_keys(zoo)
+        self._head_keys = head_kind_keys(source)
         self._tokenizer_fingerprint: str | None = None
         self.encodings = 0  # how many (task, split) encodings were computed (not read from a cache)
         self.examples_evaluated, self.seconds_evaluating = 0, 0.0
 
     # -- public API -------------------------------------------------------------------------
     def on_split(self, split: str, limit: int | None) -> TaskPool:
-        """A pool like this one (zoo, batch size, device, precision and its measured speed-up) on
+        """A pool like this one (source, batch size, device, precision and its measured speed-up) on
         another split: the Pareto set's test metrics after a search on validation."""
-        return TaskPool(self.zoo, split=split, limit=limit, batch_size=self._batch_size, device=self.device,
+        return TaskPool(self.source, split=split, limit=limit, batch_size=self._batch_size, device=self.device,
                         progress=self.progress, precision=self.precision, precision_speedup=self.precision_speedup)
 
     def evaluate(self, task: str, body_state: State | None = None) -> float:
         """The task's metric on the pool's split (first ``limit`` examples) with ``body_state``."""
-        entry = self.zoo.entry(task)
+        entry = self.source.entry(task)
         preds = self.predictions(task, body_state)
         return score(entry, self.labels(task), preds)
 
@@ -220,7 +229,7 @@ class TaskPool:
 
     def predictions(self, task: str, body_state: State | None = None, split: str | None = None) -> torch.Tensor:
         """Predicted class ids (real values for regression tasks), in the split's stored order."""
-        entry, split = self.zoo.entry(task), split or self.split
+        entry, split = self.source.entry(task), split or self.split
         inputs = self.inputs(task, split)
         model = self.task_model(task, body_state)
         started = time.perf_counter()
@@ -237,11 +246,11 @@ class TaskPool:
 
     def staged(self, task: str) -> StagedBody | None:
         """The task's body run stage by stage, or None for a body class without a stage split."""
-        return staged_body(self._body(self.zoo.entry(task).modality))
+        return staged_body(self._body(self.source.entry(task).modality))
 
     def n_layers(self, task: str) -> int:
         """Encoder layers of the task's body (what one full forward runs)."""
-        return int(self._body(self.zoo.entry(task).modality).config.num_hidden_layers)
+        return int(self._body(self.source.entry(task).modality).config.num_hidden_layers)
 
     def evaluate_from(
         self, task: str, body_state: State, *, start_layer: int = 0, hidden: Sequence[torch.Tensor] | None = None,
@@ -257,20 +266,20 @@ class TaskPool:
         >>> pool.evaluate_from("sst2", other, start_layer=3, hidden=first.hidden[2]).layers_run  # doctest: +SKIP
         3
         """
-        entry = self.zoo.entry(task)
+        entry = self.source.entry(task)
         staged = self.staged(task)
         if staged is None:
             if hidden is not None:
-                raise ZooError(f"task '{task}': {type(self._body(entry.modality)).__name__} has no stage split to resume")
+                raise TaskError(f"task '{task}': {type(self._body(entry.modality)).__name__} has no stage split to resume")
             return StagedRun(self.evaluate(task, body_state), self.n_layers(task))
         if (hidden is None) != (start_layer == 0) or not 0 <= start_layer <= staged.n_layers:
-            raise ZooError(f"task '{task}': start_layer {start_layer} needs the hidden states of layer {start_layer - 1}")
+            raise TaskError(f"task '{task}': start_layer {start_layer} needs the hidden states of layer {start_layer - 1}")
         first_stage = 0 if hidden is None else start_layer + 1
         state = self._complete(task, body_state)
         needed = [k for k in checkpoint_key_map(staged.body).values() if staged.stage_of(k) >= first_stage]
         missing = [k for k in needed if k not in state]
         if missing:
-            raise ZooError(f"task '{task}': body state misses {missing[:3]} (stages from {first_stage} on)")
+            raise TaskError(f"task '{task}': body state misses {missing[:3]} (stages from {first_stage} on)")
         load_partial_state(staged.body, {k: state[k] for k in needed})
         inputs, head = self.inputs(task, self.split), self._head(task)
         regression = entry.metric in REGRESSION_METRICS
@@ -284,7 +293,7 @@ class TaskPool:
                     h, mask = staged.embed(batch)
                 else:
                     if b >= len(hidden):
-                        raise ZooError(f"task '{task}': {len(hidden)} hidden-state batches given, more needed")
+                        raise TaskError(f"task '{task}': {len(hidden)} hidden-state batches given, more needed")
                     h = hidden[b].to(self.device)
                     mask = staged.mask(h, batch)
                 for i in range(start_layer, staged.n_layers):
@@ -310,7 +319,7 @@ class TaskPool:
         ``pool(batch)`` when given: the router pools every task the same way with its own
         (possibly truncated) pretrained body, and the pool then loads no body.
         """
-        entry, split = self.zoo.entry(task), split or self.split
+        entry, split = self.source.entry(task), split or self.split
         inputs = self.inputs(task, split)
         if pool is None:
             body = self._body(entry.modality)
@@ -335,13 +344,13 @@ class TaskPool:
 
     def own_state(self, task: str) -> dict[str, torch.Tensor]:
         """The task's fine-tuned body weights (read from disk each time; not kept)."""
-        with self.zoo.task_body(task) as ckpt:
+        with self.source.task_body(task) as ckpt:
             return {k: ckpt.get(k).clone() for k in ckpt.keys()}
 
     def task_model(self, task: str, body_state: State | None = None) -> TaskClassifier:
         """The pool's shared body filled with ``body_state`` (+ the task's head-kind keys) and the
         task's head. The next call refills the same body: use the model before asking for another."""
-        entry = self.zoo.entry(task)
+        entry = self.source.entry(task)
         body = self._body(entry.modality)
         load_body_state(body, self.own_state(task) if body_state is None else self._complete(task, body_state))
         return TaskClassifier(body, self._head(task), entry.pooling).eval()
@@ -349,7 +358,7 @@ class TaskPool:
     def labeled_batches(self, task: str, split: str | None = None) -> list[dict[str, torch.Tensor]]:
         """The evaluated examples as model-input batches with a ``labels`` entry (for Fisher and
         RegMean statistics: ``model(**batch without labels)`` gives logits)."""
-        entry, split = self.zoo.entry(task), split or self.split
+        entry, split = self.source.entry(task), split or self.split
         inputs, labels = self.inputs(task, split), self.labels(task, split)
         return [
             {**{k: v.to(self.device) for k, v in batch.items()}, "labels": labels[idx].to(self.device)}
@@ -366,7 +375,7 @@ class TaskPool:
     # -- caches -----------------------------------------------------------------------------
     def _backbone_state(self) -> dict[str, torch.Tensor]:
         if self._pretrained is None:
-            with self.zoo.backbone() as ckpt:
+            with self.source.backbone() as ckpt:
                 self._pretrained = {k: ckpt.get(k).clone() for k in ckpt.keys()}
         return self._pretrained
 
@@ -375,20 +384,20 @@ class TaskPool:
         if not missing:
             return state
         if task not in self._own_head_kind:
-            with self.zoo.task_body(task) as ckpt:
+            with self.source.task_body(task) as ckpt:
                 self._own_head_kind[task] = {k: ckpt.get(k).clone() for k in self._head_keys if k in ckpt.keys()}
         own = self._own_head_kind[task]
         return {**{k: own[k] for k in missing if k in own}, **state}
 
     def _body(self, modality: str) -> transformers.PreTrainedModel:
         if modality not in self._bodies:
-            backbone = self.zoo.root / self.zoo.manifest.backbone.path
+            backbone = self.source.backbone_dir
             self._bodies[modality] = body_from_config(backbone, list(self._backbone_state())).to(self.device)
         return self._bodies[modality]
 
     def _head(self, task: str) -> nn.Linear:
         if task not in self._heads:
-            self._heads[task] = head_from_state(self.zoo.task_head(task)).to(self.device)
+            self._heads[task] = head_from_state(self.source.task_head(task)).to(self.device)
         return self._heads[task]
 
     def inputs(self, task: str, split: str) -> Encoded:
@@ -396,10 +405,10 @@ class TaskPool:
         every evaluation of the pool runs on."""
         key = (task, split)
         if key not in self._encoded:
-            entry = self.zoo.entry(task)
-            data = self.zoo.task_data(task)
+            entry = self.source.entry(task)
+            data = self.source.task_data(task)
             if split not in data:
-                raise ZooError(f"task '{task}' has no split '{split}' (splits: {', '.join(data)})")
+                raise TaskError(f"task '{task}' has no split '{split}' (splits: {', '.join(data)})")
             encoded = self._encode(entry, split, data[split]["inputs"])
             labels = data[split]["labels"]
             if self.limit is not None:
@@ -411,11 +420,14 @@ class TaskPool:
         if entry.modality == "image":
             self.encodings += 1
             return encode_inputs(entry, raw)
-        path = self.zoo.root / "data" / "cache" / f"{entry.name}.{split}.{self._cache_key(entry)}.pt"
-        if path.is_file():
+        cache = self.source.cache_dir
+        path = None if cache is None else cache / f"{entry.name}.{split}.{self._cache_key(entry)}.pt"
+        if path is not None and path.is_file():
             return EncodedTexts.from_payload(torch.load(path, weights_only=True))
         self.encodings += 1
         encoded = encode_inputs(entry, raw, self._get_tokenizer())
+        if path is None:
+            return encoded
         try:
             with atomic_file(path) as tmp:
                 torch.save(encoded.to_payload(), tmp)  # type: ignore[union-attr]
@@ -425,14 +437,16 @@ class TaskPool:
 
     def _cache_key(self, entry: TaskEntry) -> str:
         if self._tokenizer_fingerprint is None:
-            backbone = self.zoo.root / self.zoo.manifest.backbone.path
-            files = sorted(p for p in backbone.iterdir() if p.name.startswith(("tokenizer", "vocab", "special")))
+            directory = self.source.tokenizer_dir
+            files = sorted(p for p in directory.iterdir() if p.name.startswith(("tokenizer", "vocab", "special")))
             self._tokenizer_fingerprint = json.dumps({p.name: sha256_file(p) for p in files}, sort_keys=True)
         material = [entry.sha256.get(entry.data, entry.data), self._tokenizer_fingerprint,
-                    entry.fine_tuning.get("max_length", DEFAULT_MAX_LENGTH), transformers.__version__]
+                    max_length(entry), transformers.__version__]
+        if entry.input_fields:  # a suite's fields (left out for zoos, whose cached keys predate them)
+            material.append(entry.input_fields)
         return hashlib.sha256(json.dumps(material).encode()).hexdigest()[:16]
 
     def _get_tokenizer(self) -> Any:
         if self._tokenizer is None:
-            self._tokenizer = transformers.AutoTokenizer.from_pretrained(self.zoo.root / self.zoo.manifest.backbone.path)
+            self._tokenizer = transformers.AutoTokenizer.from_pretrained(self.source.tokenizer_dir)
         return self._tokenizer

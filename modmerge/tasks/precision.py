@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from modmerge.zoo.store import ZooError
+from modmerge.tasks.spec import TaskError
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ PRECISIONS: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.
 def precision_context(precision: str, device: torch.device) -> AbstractContextManager[Any]:
     """The context a forward runs in at ``precision`` (a :data:`PRECISIONS` name) on ``device``."""
     if precision not in PRECISIONS:
-        raise ZooError(f"evaluation precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise TaskError(f"evaluation precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     dtype = PRECISIONS[precision]
     return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
