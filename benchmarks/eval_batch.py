@@ -17,10 +17,10 @@ import argparse
 import time
 
 import torch
-
 from modmerge.zoo.batching import EncodedTexts, eval_batches
-from modmerge.zoo.store import ZooStore
 from modmerge.zoo.taskpool import DEFAULT_BATCH, TaskPool
+
+from modmerge.zoo.store import ZooStore
 
 
 def padding_share(inputs: object, batch_size: int) -> float | None:

@@ -86,8 +86,9 @@ class Individual:
             self.models[task] = TaskClassifier(body, head_from_state(zoo.task_head(task)), entry.pooling).eval()
 
     def predict(self, stream: list[tuple[str, object, int]]) -> list[int]:
-        from modmerge.reuse.inputs import encode_images, encode_texts, parse_input
         from modmerge.zoo.batching import eval_batches
+
+        from modmerge.reuse.inputs import encode_images, encode_texts, parse_input
 
         engine, out = self.engine, [0] * len(stream)
         groups: dict[str, list[int]] = {}
@@ -135,9 +136,10 @@ class DynamicMerging:
 
     def predict(self, stream: list[tuple[str, object, int]]) -> list[tuple[str, int]]:
         """(task with the largest router weight, its head's label) per input."""
+        from modmerge.zoo.batching import eval_batches
+
         from modmerge.reuse.inputs import encode_images, encode_texts, parse_input
         from modmerge.reuse.router import router_features
-        from modmerge.zoo.batching import eval_batches
 
         engine, out = self.engine, []
         router, config = engine._router
@@ -174,7 +176,7 @@ def _memory_probe(kind: str, lib_dir: str, config_id: str, cache: str | None, qu
     store = ZooStore(Path(cache)) if cache else ZooStore.default()
     zoo = store.load(lib.manifest.zoo)
     before = rss_bytes()
-    engine = ReuseEngine(lib, config_id=config_id, zoo_store=store)
+    engine = ReuseEngine(lib, config_id=config_id, source=store.load(lib.manifest.zoo))
     if kind == "library":
         for task in zoo.tasks:
             engine.cache.get(engine.chain_of(task))
@@ -215,7 +217,7 @@ def main() -> None:
     lib = Library.open(args.lib_dir)
     store = ZooStore(Path(args.cache)) if args.cache else ZooStore.default()
     zoo = store.load(lib.manifest.zoo)
-    engine = ReuseEngine(lib, budget=args.budget, config_id=args.config, zoo_store=store)
+    engine = ReuseEngine(lib, budget=args.budget, config_id=args.config, source=store.load(lib.manifest.zoo))
     stream = mixed_stream(zoo, args.per_task, args.seed)
     tasks, labels = [t for t, _, _ in stream], [y for _, _, y in stream]
     inputs = [as_input(engine.modality, raw) for _, raw, _ in stream]

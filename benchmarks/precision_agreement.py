@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from modmerge.search.driver import SearchRecipe, load_search_recipe, zoo_problem
+from modmerge.search.driver import SearchRecipe, load_search_recipe, source_problem
 from modmerge.search.pareto import non_dominated
 from modmerge.search.state import load_state
 from modmerge.zoo.store import ZooStore
@@ -43,7 +43,7 @@ def main() -> None:
     state = load_state(args.run_dir / f"run{args.run}" / "state.json")
     pareto = state.pareto()
     zoo = ZooStore.default().load(recipe.zoo)
-    problem = zoo_problem(recipe.model_copy(update={"precision": "float32"}), zoo, seed=recipe.seed + args.run)
+    problem = source_problem(recipe.model_copy(update={"precision": "float32"}), zoo, seed=recipe.seed + args.run)
     exact = problem.evaluate([r.grouping for r in pareto])
     print(f"{args.run_dir} run {args.run}: {len(pareto)} Pareto configurations, searched at {recipe.precision}, "
           f"{recipe.validation_limit} validation examples per task")

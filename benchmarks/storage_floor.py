@@ -17,7 +17,7 @@ import argparse
 import json
 from collections import defaultdict
 
-from modmerge.objectives.performance import ZooMergeProblem, modules_of
+from modmerge.objectives.performance import TaskMergeProblem, modules_of
 from modmerge.quantization import QuantConfig
 from modmerge.recipes.plan import MethodCall
 from modmerge.search.grouping import GroupingMatrix
@@ -43,7 +43,7 @@ def main() -> None:
     shares: dict[str, float] = defaultdict(float)
     totals = {}
     for granularity in args.granularity:
-        problem = ZooMergeProblem(zoo, call, QuantConfig(granularity=granularity, mode=args.mode), limit=1,
+        problem = TaskMergeProblem(zoo, call, QuantConfig(granularity=granularity, mode=args.mode), limit=1,
                                   prefix_cache_bytes=0)
         g = GroupingMatrix.all_merged(problem.n_tasks, problem.n_units)
         totals[granularity] = problem.storage_cost(g)

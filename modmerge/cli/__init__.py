@@ -202,7 +202,7 @@ def zoo_list(cache: Path | None) -> None:
 
 
 @main.command()
-@click.argument("zoo_name", metavar="ZOO")
+@click.argument("source_name", metavar="SUITE_OR_ZOO")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
 @_CACHE_OPTION
 @click.option("--methods", default=None, help="Comma-separated subset of table rows, e.g. 'Individual,TIES'.")
@@ -212,14 +212,16 @@ def zoo_list(cache: Path | None) -> None:
 @click.option("--seed", default=0, show_default=True)
 @_friendly
 def baselines(
-    zoo_name: str, out_dir: Path, cache: Path | None, methods: str | None, val_limit: int,
+    source_name: str, out_dir: Path, cache: Path | None, methods: str | None, val_limit: int,
     test_limit: int | None, points: int | None, seed: int,
 ) -> None:
-    """Evaluate every static-merging baseline on ZOO; write baselines.json and baselines.md."""
+    """Evaluate every static-merging baseline on SUITE_OR_ZOO (a task suite file or a built zoo's
+    name); write baselines.json and baselines.md."""
+    from modmerge.cli.sources import open_source
     from modmerge.errors import ModmergeError as _Err
     from modmerge.objectives.baselines import BASELINES, markdown_table, report_json, run_baselines
 
-    zoo_obj = _store(cache).load(zoo_name)
+    zoo_obj = open_source(source_name, cache)
     chosen = BASELINES
     if methods:
         wanted = [m.strip() for m in methods.split(",")]
@@ -276,17 +278,19 @@ def search(
     population: int | None, seed: int | None, no_surrogate: bool, init: str | None, granularity: str | None,
     precision: str | None,
 ) -> None:
-    """MERGE offline optimisation: search the Pareto set of (storage cost, performance) on a zoo,
-    or on your own models (recipe with pretrained, models and evaluators)."""
+    """MERGE offline optimisation: search the Pareto set of (storage cost, performance) on a task
+    suite (recipe field `suite:`), a built zoo (`zoo:`), or evaluator callables (pretrained,
+    models and evaluators)."""
     from modmerge.search.driver import load_search_recipe, run_search_recipe
 
     overrides = {"runs": runs, "budget": budget, "population": population, "seed": seed, "init": init,
                  "granularity": granularity, "surrogate": False if no_surrogate else None, "precision": precision}
     parsed = load_search_recipe(recipe, overrides)
-    store = None
-    if parsed.zoo is not None:
-        store = _store(cache)
-        store.load(parsed.zoo)  # a missing zoo is an error before any work
+    source = None
+    if parsed.has_source:  # a missing suite or zoo is an error before any work
+        from modmerge.cli.sources import open_source
+
+        source = open_source(str(parsed.suite or parsed.zoo), cache)
     started = time.perf_counter()
     with _task_progress() as bar:
         task = bar.add_task("search", total=parsed.budget * parsed.runs)
@@ -305,7 +309,7 @@ def search(
             if not err_console.is_terminal and (done == total or done % max(1, total // 10) == 0):
                 click.echo(f"[{time.perf_counter() - started:7.0f} s] {line}", err=True)
 
-        payload = run_search_recipe(parsed, out_dir, store=store, resume=resume, callback=show, test_progress=show_test)
+        payload = run_search_recipe(parsed, out_dir, source=source, resume=resume, callback=show, test_progress=show_test)
     click.echo((out_dir / "summary.md").read_text())
     click.echo(f"wrote {out_dir}/pareto.json, history.json, summary.md, pareto.png, hypervolume.png ({len(payload['runs'])} run(s))")
 

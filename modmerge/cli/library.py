@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from modmerge.cli import _CACHE_OPTION, _friendly, _store, _task_progress, err_console, main
+from modmerge.cli import _CACHE_OPTION, _friendly, _task_progress, err_console, main
 
 _LIB = click.argument("lib_dir", type=click.Path(file_okay=False, path_type=Path))
 
@@ -44,23 +44,25 @@ def library_build(run_dir: Path, lib_dir: Path, cache: Path | None, no_router: b
     """Store the modular experts of every configuration in RUN_DIR/pareto.json into LIB_DIR (atomic).
 
     Unless --no-router, first trains the task router (a 3-layer MLP on the pretrained backbone's
-    features, lr 5e-4) on the zoo's train splits and stores it, with the pretrained body it reads
-    features from, so the library routes inputs without the zoo.
+    features, lr 5e-4) on the task source's train splits (validation where a suite task has no
+    train split) and stores it, with the pretrained body it reads features from, so the library
+    routes inputs without the source. The run's task source (its suite file, or its zoo in the
+    cache) is reopened from RUN_DIR/pareto.json.
     """
+    from modmerge.cli.sources import reopen_source
     from modmerge.library import build_library
-    from modmerge.library.build import run_zoo_name
+    from modmerge.library.build import run_source
 
-    store = _store(cache)
+    zoo = reopen_source(run_source(run_dir), cache)
     router = None
     if not no_router:
-        from modmerge.reuse.router import RouterConfig, fit_zoo_router
+        from modmerge.reuse.router import RouterConfig, fit_router
 
-        zoo = store.load(run_zoo_name(run_dir))
-        config = RouterConfig.for_zoo(zoo, per_task=router_per_task, epochs=router_epochs,
+        config = RouterConfig.for_source(zoo, per_task=router_per_task, epochs=router_epochs,
                                       feature_layers=router_feature_layers,
                                       **({"pooling": router_pooling} if router_pooling else {}))
         with _task_progress() as bar:
-            model, report = fit_zoo_router(zoo, config, device=device, progress=bar, test_limit=router_test_limit)
+            model, report = fit_router(zoo, config, device=device, progress=bar, test_limit=router_test_limit)
         click.echo(f"router: test accuracy {report['test_accuracy']:.3f} over {len(config.tasks)} tasks "
                    f"({report['train_examples']} training examples, {report['seconds']:.0f} s)")
         summary = {k: v for k, v in report.items() if k != "config"}
@@ -71,12 +73,12 @@ def library_build(run_dir: Path, lib_dir: Path, cache: Path | None, no_router: b
                    TextColumn("{task.completed}/{task.total} modules"), TimeElapsedColumn(), TimeRemainingColumn(),
                    console=err_console, transient=True)
     with bar:
-        task = bar.add_task("loading zoo", total=None)
+        task = bar.add_task("loading models", total=None)
 
         def advance(done: int, total: int, what: str) -> None:
             bar.update(task, completed=done, total=total, description=what[-40:])
 
-        lib = build_library(run_dir, lib_dir, zoo_store=store, router=router, progress=advance)
+        lib = build_library(run_dir, lib_dir, source=zoo, router=router, progress=advance)
     blobs = sum(lib.manifest.blob_sizes().values())
     click.echo(
         f"wrote {lib.root}: {len(lib.configurations)} configurations, {len(lib.manifest.modules)} modules, "

@@ -17,7 +17,8 @@ from modmerge.errors import ModmergeError
 _LIB = click.argument("lib_dir", type=click.Path(file_okay=False, path_type=Path))
 _ZOO_CACHE = click.option(
     "--cache", type=click.Path(file_okay=False, path_type=Path), default=None,
-    help="Zoo cache, only read if the library lacks pretrained weights for routing (default: $MODMERGE_CACHE).",
+    help="Cache root holding the library's zoo, only read if an older library lacks pretrained weights for "
+         "routing or a task's pooler (default: $MODMERGE_CACHE).",
 )
 
 
@@ -27,10 +28,12 @@ def _open_library(lib_dir: Path) -> Any:
     return Library.open(lib_dir)
 
 
-def _zoo_store(cache: Path | None) -> Any:
-    from modmerge.zoo.store import ZooStore
+def library_source(lib: Any, cache: Path | None) -> Any:
+    """A callable that opens the task source ``lib`` was built from (its suite, or its zoo)."""
+    from modmerge.cli.sources import reopen_source
 
-    return ZooStore(cache) if cache else None
+    description = lib.manifest.source or {"zoo": lib.manifest.zoo}
+    return lambda: reopen_source(description, cache)
 
 
 @main.command()
@@ -57,8 +60,9 @@ def predict(
     if (budget is None) == (config_id is None):
         raise ModmergeError("give exactly one of --budget or --config")
     raws = read_jsonl(input_path)
-    engine = ReuseEngine(_open_library(lib_dir), budget=budget, config_id=config_id, device=device,
-                         cache_bytes=cache_bytes, batch_size=batch_size, zoo_store=_zoo_store(cache))
+    lib = _open_library(lib_dir)
+    engine = ReuseEngine(lib, budget=budget, config_id=config_id, device=device, cache_bytes=cache_bytes,
+                         batch_size=batch_size, source=library_source(lib, cache))
     started = time.perf_counter()
     with _task_progress() as bar:
         job = bar.add_task(f"predict ({engine.config.id})", total=len(raws))
@@ -85,8 +89,8 @@ def export(lib_dir: Path, out_dir: Path, config_id: str, task: str, overwrite: b
     """Write TASK's assembled model under configuration --config as a Hugging Face model directory."""
     from modmerge.reuse.export import export_model
 
-    result = export_model(_open_library(lib_dir), config_id, task, out_dir, overwrite=overwrite,
-                          zoo_store=_zoo_store(cache))
+    lib = _open_library(lib_dir)
+    result = export_model(lib, config_id, task, out_dir, overwrite=overwrite, source=library_source(lib, cache))
     how = "" if result.exact else f" (base model + {out_dir.name}/modmerge_head.safetensors: no exact transformers class)"
     click.echo(f"wrote {out_dir}: {result.architecture}, {result.tensors} tensors, chain {result.chain[:12]}{how}")
     if not result.exact:
@@ -108,22 +112,22 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
               help="Also write the rows as JSON here.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Zoo cache holding the library's zoo (its splits are evaluated; default: $MODMERGE_CACHE).")
+              help="Cache root holding the library's zoo, when it was built from one (its splits are evaluated; "
+                   "default: $MODMERGE_CACHE). A suite's files are read where the library recorded them.")
 @_friendly
 def evaluate(lib_dir: Path, budgets: tuple[float, ...], split: str, limit: int | None, out_path: Path | None,
              device: str, cache: Path | None) -> None:
     """The budget table: per budget pi, the configuration chosen, its storage cost, performance with
-    oracle task labels and with the router, and routing accuracy, on the zoo's SPLIT."""
+    oracle task labels and with the router, and routing accuracy, on SPLIT of the task source the
+    library was built from (its suite or zoo)."""
     from rich.console import Console
     from rich.table import Table
 
     from modmerge.reuse import ReuseEngine, evaluate_library
     from modmerge.tasks.taskpool import TaskPool
-    from modmerge.zoo.store import ZooStore
 
     lib = _open_library(lib_dir)
-    store = ZooStore(cache) if cache else ZooStore.default()
-    zoo = store.load(lib.manifest.zoo)
+    zoo = library_source(lib, cache)()
     if not budgets:
         budgets = _default_budgets([c.storage_cost for c in lib.configurations])
     pool = TaskPool(zoo, split=split, limit=limit, device=device)
@@ -131,7 +135,7 @@ def evaluate(lib_dir: Path, budgets: tuple[float, ...], split: str, limit: int |
     rows = []
     for budget in budgets:
         chosen = lib.select(budget)
-        engine = ReuseEngine(lib, config_id=chosen.id, device=device, zoo_store=store)
+        engine = ReuseEngine(lib, config_id=chosen.id, device=device, source=zoo)
         row = evaluate_library(lib, chosen.id, zoo, split=split, limit=limit, use_router=has_router,
                                engine=engine, pool=pool)
         rows.append({"budget": budget, **row})

@@ -27,7 +27,8 @@ from modmerge.errors import ModmergeError
               help="Only image paths under this folder may be read.")
 @click.option("--cache-bytes", type=int, default=None, help="Bound of the engine's cache of assembled bodies.")
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Zoo cache, read only if the library lacks the pretrained weights routing needs.")
+              help="Cache root with the library's zoo, read only if an older library lacks the pretrained weights "
+                   "routing needs.")
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="Torch intra-op threads (default: torch's; 1 is fastest on a crowded machine).")
 @_friendly
@@ -48,10 +49,10 @@ def serve(
     )
     import uvicorn
 
+    from modmerge.cli.reuse import library_source
     from modmerge.library import Library
     from modmerge.reuse import ReuseEngine
     from modmerge.serve import create_app
-    from modmerge.zoo.store import ZooStore
 
     if threads is not None:
         import torch
@@ -60,7 +61,7 @@ def serve(
     library = Library.open(lib_dir)
     extra = {} if cache_bytes is None else {"cache_bytes": cache_bytes}
     engine = ReuseEngine(library, budget=budget, config_id=config_id, device=device,
-                         zoo_store=ZooStore(cache) if cache else None, **extra)
+                         source=library_source(library, cache), **extra)
     cfg = engine.config
     err_console.print(
         f"serving configuration {cfg.id} of {lib_dir} (storage cost {cfg.storage_cost:.3f}) "

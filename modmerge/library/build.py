@@ -1,8 +1,8 @@
 """`modmerge library build RUN_DIR LIB_DIR`: store every Pareto configuration's modular experts once.
 
-The modules are rebuilt from the zoo with the search's own :class:`ZooMergeProblem` (same method
+The modules are rebuilt from the task source (a suite or a zoo) with the search's own :class:`TaskMergeProblem` (same method
 F, parameters, quantisation Q, granularity and seed), so each configuration's rebuilt storage cost
-must equal the one in ``pareto.json``; a difference means the zoo changed since the search.
+must equal the one in ``pareto.json``; a difference means the models changed since the search.
 
 Everything is written into a hidden sibling of ``LIB_DIR`` first, ``manifest.json`` last, and
 then swapped in by renames, so a failed or killed build leaves the previous library (or none),
@@ -41,11 +41,11 @@ from modmerge.library.manifest import (
     chain_id,
 )
 from modmerge.library.store import Library
-from modmerge.objectives.performance import ZooMergeProblem, chain
+from modmerge.objectives.performance import TaskMergeProblem, chain
 from modmerge.recipes.schema import _one_line
 from modmerge.search.grouping import GroupingMatrix
-from modmerge.tasks.taskpool import DEFAULT_MAX_LENGTH, head_kind_keys
-from modmerge.zoo.store import Zoo, ZooStore
+from modmerge.tasks.source import TaskSource, entries
+from modmerge.tasks.taskpool import head_kind_keys, max_length
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def build_library(
     run_dir: str | Path,
     lib_dir: str | Path,
     *,
-    zoo_store: ZooStore | None = None,
+    source: TaskSource,
     router: RouterWeights | None = None,
     progress: Progress | None = None,
 ) -> Library:
@@ -70,17 +70,19 @@ def build_library(
     ``test_accuracy`` entry in the dict: it goes to ``manifest.router.test_accuracy``, not into the
     stored config. ``progress(done, total, what)`` is called once per stored module.
 
-    >>> lib = build_library("runs/tiny", "libs/tiny", zoo_store=ZooStore(tmp))  # doctest: +SKIP
+    ``source`` is the task source the search ran on (:func:`run_source` says which: the CLI
+    opens it): modules are rebuilt from its models, heads and poolers are stored from them.
+
+    >>> lib = build_library("runs/tiny", "libs/tiny", source=open_suite("suite.yaml"))  # doctest: +SKIP
     >>> lib.select(0.5).id  # doctest: +SKIP
     'c1'
     """
     run_dir, lib_dir = Path(run_dir), Path(lib_dir)
     payload = _read_pareto(run_dir / "pareto.json")
-    zoo = (zoo_store or ZooStore.default()).load(str(payload["zoo"]))
     remove_dead_staging(lib_dir)
     staging = staging_dir(lib_dir)
     try:
-        manifest = _build_into(staging, run_dir, payload, zoo, router, progress)
+        manifest = _build_into(staging, run_dir, payload, source, router, progress)
         _write_manifest(staging, manifest)
         _swap_in(staging, lib_dir)
     except BaseException:
@@ -90,39 +92,39 @@ def build_library(
 
 
 def _build_into(
-    staging: Path, run_dir: Path, payload: Mapping[str, Any], zoo: Zoo, router: RouterWeights | None,
+    staging: Path, run_dir: Path, payload: Mapping[str, Any], source: TaskSource, router: RouterWeights | None,
     progress: Progress | None,
 ) -> LibraryManifest:
-    from modmerge.search.driver import SearchRecipe, zoo_problem
+    from modmerge.search.driver import SearchRecipe, source_problem
 
-    source = run_dir / "pareto.json"
+    where = run_dir / "pareto.json"
     try:
         # The search ran on whatever device it had; module values do not depend on it.
         recipe = SearchRecipe.model_validate({**payload["recipe"], "device": "cpu"})
     except ValidationError as err:
-        raise LibraryError(f"{source}: recipe: {_one_line(err)}") from None
-    if list(payload.get("tasks", zoo.tasks)) != zoo.tasks:
-        raise LibraryError(f"{source}: tasks {payload.get('tasks')} differ from zoo '{zoo.name}' tasks {zoo.tasks}")
+        raise LibraryError(f"{where}: recipe: {_one_line(err)}") from None
+    if list(payload.get("tasks", source.tasks)) != source.tasks:
+        raise LibraryError(f"{where}: tasks {payload.get('tasks')} differ from '{source.name}' tasks {source.tasks}")
     randomized = recipe.call().merge_method.randomized
-    configs = _distinct_configurations(payload, randomized, source)
-    problems: dict[int, ZooMergeProblem] = {}
+    configs = _distinct_configurations(payload, randomized, where)
+    problems: dict[int, TaskMergeProblem] = {}
     for seed, _, _ in configs:
         if seed not in problems:
             # The search's own construction, so modules come out bit-identical.
-            problems[seed] = zoo_problem(recipe, zoo, seed)
+            problems[seed] = source_problem(recipe, source, seed)
     first = next(iter(problems.values()))
     if list(payload["units"]) != first.unit_ids:
-        raise LibraryError(f"{source}: units differ from zoo '{zoo.name}' (the zoo or its architecture changed)")
+        raise LibraryError(f"{where}: units differ from '{source.name}' (its models or their architecture changed)")
     blobs = staging / "blobs"
     blobs.mkdir()
     wanted = {(seed, k) for seed, g, _ in configs for t in range(first.n_tasks) for k in chain(g, t, first.unit_ids)}
     stored: dict[tuple[int, ModuleKey], str] = {}
     modules: dict[str, ModuleEntry] = {}
     chains: dict[str, list[str]] = {}
-    entries: list[ConfigEntry] = []
+    configurations: list[ConfigEntry] = []
     for seed, g, sol in configs:
         problem = problems[seed]
-        _check_cost(problem, g, float(sol["storage_cost"]), source)
+        _check_cost(problem, g, float(sol["storage_cost"]), where)
         per_task: dict[str, str] = {}
         for t, task in enumerate(problem.task_names):
             hashes = []
@@ -136,18 +138,19 @@ def _build_into(
             chains[cid] = hashes
             per_task[task] = cid
         used = sorted({h for cid in per_task.values() for h in chains[cid]})
-        entries.append(ConfigEntry(
+        configurations.append(ConfigEntry(
             id="", grouping=g.to_list(), storage_cost=float(sol["storage_cost"]), validation=sol["validation"],
             test=sol.get("test"), seed=seed, chains=per_task, modules=used,
         ))
-    entries.sort(key=lambda c: (c.storage_cost, -float(c.validation.get("mean", 0.0))))
-    for i, entry in enumerate(entries):
+    configurations.sort(key=lambda c: (c.storage_cost, -float(c.validation.get("mean", 0.0))))
+    for i, entry in enumerate(configurations):
         entry.id = f"c{i}"
-    _copy_backbone(zoo, staging / "backbone")
+    _copy_backbone(source, staging / "backbone")
     return LibraryManifest(
-        zoo=zoo.name,
-        backbone=zoo.manifest.backbone,
-        tasks=_store_heads(zoo, blobs),
+        zoo=source.name,
+        source=source.describe(),
+        backbone=source.backbone_info,
+        tasks=_store_heads(source, blobs),
         units=first.unit_ids,
         unit_keys={u: list(keys) for u, keys in first.units.items()},
         method={"name": recipe.method, "parameters": dict(recipe.parameters)},
@@ -155,20 +158,22 @@ def _build_into(
         granularity=recipe.granularity,
         body_parameters=first.body_parameters,
         pretrained_body_bits=32 * first.body_parameters,
-        configurations=entries,
+        configurations=configurations,
         chains=chains,
         modules=modules,
-        router=None if router is None else _store_router(blobs, router, zoo),
+        router=None if router is None else _store_router(blobs, router, source),
     )
 
 
-def run_zoo_name(run_dir: str | Path) -> str:
-    """The zoo a search run directory was made on (validated like a build reads it).
+def run_source(run_dir: str | Path) -> dict[str, Any]:
+    """The task source a search run directory was made on, as :meth:`TaskSource.describe` gave it
+    (validated like a build reads it; runs from before suites name their zoo only).
 
-    >>> run_zoo_name("runs/vision-ta")  # doctest: +SKIP
-    'vision'
+    >>> run_source("runs/vision-ta")  # doctest: +SKIP
+    {'zoo': 'vision', 'store': '/root/.cache/modmerge'}
     """
-    return str(_read_pareto(Path(run_dir) / "pareto.json")["zoo"])
+    payload = _read_pareto(Path(run_dir) / "pareto.json")
+    return dict(payload.get("source") or {"zoo": payload["zoo"]})
 
 
 def _read_pareto(path: Path) -> dict[str, Any]:
@@ -181,8 +186,9 @@ def _read_pareto(path: Path) -> dict[str, Any]:
     missing = [k for k in ("recipe", "units", "runs") if k not in payload]
     if missing:
         raise LibraryError(f"{path}: lacks field '{missing[0]}'")
-    if not payload.get("zoo"):
-        raise LibraryError(f"{path}: the run has no zoo (only zoo search runs can become a library)")
+    if not payload.get("zoo") and not payload.get("source"):
+        raise LibraryError(f"{path}: the run has no task suite or zoo (a search on evaluator callables has no task "
+                           "heads or data to store; run it on a task suite to build a library)")
     return payload
 
 
@@ -215,12 +221,12 @@ def _distinct_configurations(
     return out
 
 
-def _check_cost(problem: ZooMergeProblem, g: GroupingMatrix, recorded: float, source: Path) -> None:
+def _check_cost(problem: TaskMergeProblem, g: GroupingMatrix, recorded: float, source: Path) -> None:
     rebuilt = problem.storage_cost(g)
     if abs(rebuilt - recorded) > _COST_RTOL * max(abs(recorded), 1e-30):
         raise LibraryError(
             f"{source}: configuration {g.key()} rebuilds with storage cost {rebuilt!r}, pareto.json says "
-            f"{recorded!r} (zoo '{problem.zoo.name}' changed since the search?)"
+            f"{recorded!r} ('{problem.source.name}' changed since the search?)"
         )
 
 
@@ -246,27 +252,27 @@ def _store_module(blobs: Path, module: Module, modules: dict[str, ModuleEntry]) 
     return digest
 
 
-def _store_heads(zoo: Zoo, blobs: Path) -> list[TaskInfo]:
+def _store_heads(source: TaskSource, blobs: Path) -> list[TaskInfo]:
     """One blob per task head: the classifier plus the body's head-kind keys (BERT's pooler),
     which belong to each task and are never merged."""
-    pooler_keys = head_kind_keys(zoo)
+    pooler_keys = head_kind_keys(source)
     out = []
-    for entry in zoo.manifest.tasks:
-        head = dict(zoo.task_head(entry.name))
+    for entry in entries(source):
+        head = dict(source.task_head(entry.name))
         if pooler_keys:
-            with zoo.task_body(entry.name) as body:
+            with source.task_body(entry.name) as body:
                 head.update({k: body.get(k).clone() for k in pooler_keys if k in body.keys()})
         digest, nbytes = write_blob(blobs, head)
         out.append(TaskInfo(
             name=entry.name, modality=entry.modality, metric=entry.metric,
             num_labels=int(head["classifier.weight"].shape[0]) if "classifier.weight" in head else len(entry.label_names),
-            pooling=entry.pooling, max_length=int(entry.fine_tuning.get("max_length", DEFAULT_MAX_LENGTH)),
+            pooling=entry.pooling, max_length=max_length(entry),
             labels=list(entry.label_names), head=digest, head_bytes=nbytes,
         ))
     return out
 
 
-def _store_router(blobs: Path, router: RouterWeights, zoo: Zoo) -> RouterEntry:
+def _store_router(blobs: Path, router: RouterWeights, source: TaskSource) -> RouterEntry:
     """The router's weights, and the pretrained body it reads features from (full precision, cut
     to the router's ``feature_layers``): routing an input needs that body, and a library must
     route without the zoo beside it."""
@@ -275,7 +281,7 @@ def _store_router(blobs: Path, router: RouterWeights, zoo: Zoo) -> RouterEntry:
     accuracy = config.pop("test_accuracy", None)
     report = config.pop("report", None) or {}
     digest, nbytes = write_blob(blobs, state)
-    with zoo.backbone() as ckpt:
+    with source.backbone() as ckpt:
         backbone = {k: ckpt.get(k).clone() for k in ckpt.keys()}
     layers = config.get("feature_layers")
     if layers is not None:  # a router that reads k layers needs only the body cut there
@@ -283,7 +289,7 @@ def _store_router(blobs: Path, router: RouterWeights, zoo: Zoo) -> RouterEntry:
 
         from modmerge.tasks.models import first_layers
 
-        backbone_config = transformers.AutoConfig.from_pretrained(zoo.root / zoo.manifest.backbone.path)
+        backbone_config = transformers.AutoConfig.from_pretrained(source.backbone_dir)
         backbone = first_layers(backbone, backbone_config, layers)
     backbone_digest, backbone_bytes = write_blob(blobs, backbone)
     return RouterEntry(blob=digest, bytes=nbytes, config=config, report=dict(report),
@@ -291,9 +297,9 @@ def _store_router(blobs: Path, router: RouterWeights, zoo: Zoo) -> RouterEntry:
                        backbone_blob=backbone_digest, backbone_bytes=backbone_bytes)
 
 
-def _copy_backbone(zoo: Zoo, out: Path) -> None:
+def _copy_backbone(source: TaskSource, out: Path) -> None:
     """The backbone's config and tokenizer/processor files, no weights: enough to build an empty body."""
-    src = zoo.root / zoo.manifest.backbone.path
+    src = source.backbone_dir
     out.mkdir()
     for f in sorted(src.iterdir()):
         if f.is_file() and any(fnmatch.fnmatch(f.name, p) for p in _BACKBONE_FILES) and f.suffix != ".safetensors":

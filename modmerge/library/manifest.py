@@ -96,7 +96,9 @@ class LibraryManifest(_Model):
     """``LIB_DIR/manifest.json``; the library's single source of truth."""
 
     format: Literal[1] = FORMAT
-    zoo: str
+    zoo: str = Field(description="the name of the task source (a suite's or a zoo's) the search ran on")
+    source: dict[str, Any] | None = Field(default=None, description="how to reopen that source ({'suite': path} "
+                                          "or {'zoo': name, 'store': root}); absent in libraries built before suites")
     backbone: BackboneInfo
     tasks: list[TaskInfo]
     units: list[str]
@@ -115,7 +117,7 @@ class LibraryManifest(_Model):
         for entry in self.tasks:
             if entry.name == name:
                 return entry
-        raise LibraryError(f"library of zoo '{self.zoo}' has no task '{name}' (tasks: {', '.join(self.task_names)})")
+        raise LibraryError(f"library of '{self.zoo}' has no task '{name}' (tasks: {', '.join(self.task_names)})")
 
     @property
     def task_names(self) -> list[str]:

@@ -1,4 +1,4 @@
-"""Every static-merging baseline on a zoo, hyperparameters chosen on validation (Table IV style).
+"""Every static-merging baseline on a source, hyperparameters chosen on validation (Table IV style).
 
 Rows: Individual (T bodies), Pretrained body + task heads, and one row per static merge method.
 Merged methods merge the task bodies' non-head components (heads are task-specific, never
@@ -6,7 +6,7 @@ merged), pick their hyperparameters on the validation split (first ``val_limit``
 task), then are evaluated once on the test split. Grids come from the merge registry's
 ``search`` ranges, so the search space has one source.
 
->>> report = run_baselines(ZooStore.default().load("vision"))  # doctest: +SKIP
+>>> report = run_baselines(open_suite("suite.yaml"))  # doctest: +SKIP
 >>> print(markdown_table(report))  # doctest: +SKIP
 """
 
@@ -29,8 +29,8 @@ from modmerge.merging.statistics import StatisticsCache, compute_fisher, compute
 from modmerge.recipes.execute import merged_tensors, model_scope_thresholds
 from modmerge.recipes.plan import MethodCall
 from modmerge.tasks.models import checkpoint_key_map
+from modmerge.tasks.source import TaskSource, entries
 from modmerge.tasks.taskpool import TaskPool
-from modmerge.zoo.store import Zoo
 
 logger = logging.getLogger(__name__)
 State = dict[str, torch.Tensor]
@@ -91,9 +91,9 @@ class BaselineResult:
         return float(np.mean(list(self.test.values())))
 
 
-def body_keys(zoo: Zoo) -> list[str]:
+def body_keys(source: TaskSource) -> list[str]:
     """The mergeable body parameters: everything but ``head``-kind components (e.g. BERT's pooler)."""
-    cmap = zoo.component_map()
+    cmap = source.component_map()
     return [k for k in cmap.keys() if cmap.component_of(k).kind != "head"]
 
 
@@ -115,15 +115,15 @@ def merge_bodies(
 
 
 def task_statistics(
-    zoo: Zoo, kind: str, *, examples: int = 256, cache: StatisticsCache | None = None
+    source: TaskSource, kind: str, *, examples: int = 256, cache: StatisticsCache | None = None
 ) -> list[dict[str, torch.Tensor]]:
     """Per task, Fisher diagonals (``kind="fisher"``) or RegMean Gram matrices (``"gram"``) of the
     task's own model on the first ``examples`` training examples, body keys only, cached."""
-    pool = TaskPool(zoo, split="train", limit=examples, batch_size=16)
+    pool = TaskPool(source, split="train", limit=examples, batch_size=16)
     out = []
-    for task in zoo.tasks:
-        digest = zoo.entry(task).sha256
-        model_id = f"{zoo.name}/{task}/{sorted(digest.items())}"
+    for task in source.tasks:
+        digest = source.entry(task).sha256
+        model_id = f"{source.name}/{task}/{sorted(digest.items())}"
         data_id = f"train[:{examples}]/checkpoint-names"
 
         def compute(task: str = task) -> dict[str, torch.Tensor]:
@@ -140,14 +140,14 @@ def task_statistics(
             return {key_map.get(k, k): v for k, v in strip_prefix(stats, "body.").items()}
 
         stats = dict(cache.get_or_compute(kind, model_id, data_id, compute) if cache else compute())
-        if not set(stats) & set(body_keys(zoo)):
-            raise ModmergeError(f"{kind} statistics of task '{task}' match no body parameter of zoo '{zoo.name}'")
+        if not set(stats) & set(body_keys(source)):
+            raise ModmergeError(f"{kind} statistics of task '{task}' match no body parameter of '{source.name}'")
         out.append(stats)
     return out
 
 
 def run_baselines(
-    zoo: Zoo,
+    source: TaskSource,
     *,
     baselines: Sequence[Baseline] = BASELINES,
     val_limit: int | None = 200,
@@ -158,36 +158,36 @@ def run_baselines(
     on_row: Callable[[BaselineResult], None] | None = None,
 ) -> list[BaselineResult]:
     """Evaluate every baseline; see the module docstring for the protocol."""
-    val_pool = TaskPool(zoo, split="validation", limit=val_limit)
-    test_pool = TaskPool(zoo, split="test", limit=test_limit)
-    keys = body_keys(zoo)
+    val_pool = TaskPool(source, split="validation", limit=val_limit)
+    test_pool = TaskPool(source, split="test", limit=test_limit)
+    keys = body_keys(source)
     pretrained = test_pool.pretrained_state()
-    own = {task: test_pool.own_state(task) for task in zoo.tasks}
-    stats_cache = StatisticsCache(zoo.root / "statistics")
+    own = {task: test_pool.own_state(task) for task in source.tasks}
+    stats_cache = StatisticsCache(source.cache_dir / "statistics") if source.cache_dir is not None else None
     results = []
     for baseline in baselines:
         started = time.perf_counter()
         if baseline.method is None:
-            states = {t: (own[t] if baseline.name == "Individual" else pretrained) for t in zoo.tasks}
-            cost = float(len(zoo.tasks)) if baseline.name == "Individual" else 1.0
+            states = {t: (own[t] if baseline.name == "Individual" else pretrained) for t in source.tasks}
+            cost = float(len(source.tasks)) if baseline.name == "Individual" else 1.0
             test = test_pool.evaluate_many(states)
             result = BaselineResult(baseline.name, None, {}, cost, None, test)
         else:
             needs = get_method(baseline.method).needs
-            stats = task_statistics(zoo, needs[0], examples=statistics_examples, cache=stats_cache) if needs else None
-            tasks = [own[t] for t in zoo.tasks]
+            stats = task_statistics(source, needs[0], examples=statistics_examples, cache=stats_cache) if needs else None
+            tasks = [own[t] for t in source.tasks]
             tried = []
             best: tuple[float, dict[str, Any], State] | None = None
             for params in baseline.grid(points):
                 call = MethodCall.build(baseline.method, params)
                 merged = merge_bodies(pretrained, tasks, keys, call, statistics=stats, seed=seed)
-                score = float(np.mean(list(val_pool.evaluate_many(dict.fromkeys(zoo.tasks, merged)).values())))
+                score = float(np.mean(list(val_pool.evaluate_many(dict.fromkeys(source.tasks, merged)).values())))
                 tried.append({"parameters": params, "validation_mean": score})
                 logger.info("%s %s: validation mean %.4f", baseline.name, params, score)
                 if best is None or score > best[0]:
                     best = (score, params, merged)
             assert best is not None
-            test = test_pool.evaluate_many(dict.fromkeys(zoo.tasks, best[2]))
+            test = test_pool.evaluate_many(dict.fromkeys(source.tasks, best[2]))
             result = BaselineResult(baseline.name, baseline.method, best[1], 1.0, best[0], test, tried)
         result.seconds = time.perf_counter() - started
         results.append(result)
@@ -196,15 +196,16 @@ def run_baselines(
     return results
 
 
-def report_json(zoo: Zoo, results: Sequence[BaselineResult], *, val_limit: int | None, test_limit: int | None) -> dict:
+def report_json(source: TaskSource, results: Sequence[BaselineResult], *, val_limit: int | None, test_limit: int | None) -> dict:
     """The machine-readable report (``baselines.json``)."""
-    backbone = zoo.manifest.backbone
-    heads = {t.name: t.head_parameters for t in zoo.manifest.tasks}
+    backbone = source.backbone_info
+    heads = {t.name: t.head_parameters for t in entries(source)}
     return {
-        "zoo": zoo.name,
+        "zoo": source.name,
+        "source": source.describe(),
         "backbone": backbone.model_dump(),
-        "tasks": zoo.tasks,
-        "metrics": {t.name: t.metric for t in zoo.manifest.tasks},
+        "tasks": source.tasks,
+        "metrics": {t.name: t.metric for t in entries(source)},
         "protocol": {
             "hyperparameters": "chosen on the validation split (first val_limit examples per task)",
             "val_limit": val_limit,
@@ -233,7 +234,7 @@ def markdown_table(report: Mapping[str, Any]) -> str:
     """``baselines.md``: one row per method, test metric per task (x100), mean and storage cost."""
     tasks = report["tasks"]
     lines = [
-        f"# Baselines on the `{report['zoo']}` zoo (test split)",
+        f"# Baselines on the `{report['zoo']}` tasks (test split)",
         "",
         f"Backbone: {report['backbone']['name']}"
         + (" — **pretrained inside this project**, not a public checkpoint." if report["backbone"]["self_pretrained"] else "."),

@@ -1,4 +1,4 @@
-"""Performance P (eq. 7) and the MERGE problem on a zoo.
+"""Performance P (eq. 7) and the MERGE problem on a source.
 
 P_G = (1/T) sum_t metric_t(f_{theta~_t}, D'_t), where theta~_t recombines the modules of task
 t's expert chain. Two caches make real evaluations cheap: modules by value (in the
@@ -9,7 +9,7 @@ k by chain prefix, so a chain that agrees with an earlier one up to layer k runs
 layers. The counters say how much work the caches saved against a naive evaluator that rebuilds
 and re-runs everything.
 
->>> problem = ZooMergeProblem(zoo, call, QuantConfig(), granularity="component", limit=200)  # doctest: +SKIP
+>>> problem = TaskMergeProblem(source, call, QuantConfig(), granularity="component", limit=200)  # doctest: +SKIP
 >>> problem.evaluate([GroupingMatrix.individual(problem.n_tasks, problem.n_units)])  # doctest: +SKIP
 """
 
@@ -30,8 +30,8 @@ from modmerge.quantization import QuantConfig
 from modmerge.recipes.plan import MethodCall
 from modmerge.search.grouping import GroupingMatrix
 from modmerge.search.problem import Evaluation
+from modmerge.tasks.source import TaskSource
 from modmerge.tasks.taskpool import StagedRun, TaskPool
-from modmerge.zoo.store import Zoo
 
 Chain = tuple[ModuleKey, ...]
 
@@ -148,12 +148,12 @@ class ExpertCosts:
         return float(sum(self.module_cost(k) for k in modules_of(g, self.unit_ids)))
 
 
-class ZooMergeProblem(ExpertCosts):
-    """The bi-objective MERGE problem on a zoo: minimise C (eq. 8), maximise P (eq. 7)."""
+class TaskMergeProblem(ExpertCosts):
+    """The bi-objective MERGE problem on a task source (a suite or a zoo): minimise C (eq. 8), maximise P (eq. 7)."""
 
     def __init__(
         self,
-        zoo: Zoo,
+        source: TaskSource,
         call: MethodCall,
         quant: QuantConfig,
         *,
@@ -166,17 +166,17 @@ class ZooMergeProblem(ExpertCosts):
         device: str = "cpu",
         precision: str = "float32",
     ) -> None:
-        self.zoo, self.call, self.quant = zoo, call, quant
-        self.pool = TaskPool(zoo, split=split, limit=limit, device=device, precision=precision)
-        cmap = zoo.component_map()
+        self.source, self.call, self.quant = source, call, quant
+        self.pool = TaskPool(source, split=split, limit=limit, device=device, precision=precision)
+        cmap = source.component_map()
         self.units = cmap.units(granularity, exclude_kinds=("head",))  # type: ignore[arg-type]
         self.unit_ids = list(self.units)
-        self.task_names = zoo.tasks
+        self.task_names = source.tasks
         self.pretrained = self.pool.pretrained_state()
         states = [self.pool.own_state(t) for t in self.task_names]
         self.body_parameters = sum(self.pretrained[k].numel() for keys in self.units.values() for k in keys)
         needs = call.merge_method.needs
-        stats = task_statistics(zoo, needs[0]) if needs else None
+        stats = task_statistics(source, needs[0]) if needs else None
         self.builder = ExpertBuilder(self.pretrained, states, self.units, call, quant, statistics=stats, seed=seed,
                                      cache_bytes=cache_bytes)
         self._results: dict[tuple[int, Chain], float] = {}

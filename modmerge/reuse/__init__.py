@@ -8,7 +8,7 @@ from modmerge.reuse.router import (
     Router,
     RouterConfig,
     RouterError,
-    fit_zoo_router,
+    fit_router,
     router_body,
     router_features,
     train_router,
@@ -16,5 +16,5 @@ from modmerge.reuse.router import (
 
 __all__ = [
     "ExportResult", "ReuseEngine", "ReuseError", "Router", "RouterConfig", "RouterError", "evaluate_library",
-    "export_model", "fit_zoo_router", "router_body", "router_features", "train_router",
+    "export_model", "fit_router", "router_body", "router_features", "train_router",
 ]

@@ -55,20 +55,21 @@ class ReuseEngine:
 
     ``budget`` picks the best configuration whose storage cost fits (``Library.select``);
     ``config_id`` names one; with neither, the configuration of highest validation performance.
-    ``zoo_store`` is only consulted when the library lacks the pretrained backbone weights the
-    router's features need (or a task's pooler weights): then they come from the library's zoo.
+    ``source`` (the task source the library was built from, or a callable that opens it) is only read when the library lacks
+    the pretrained backbone weights the router's features need, or a task's pooler weights (as
+    libraries built before those were stored do); without it such a library is refused.
     Not thread-safe: one engine runs one ``predict`` at a time.
     """
 
     def __init__(
         self, library: Any, budget: float | None = None, config_id: str | None = None, device: str = "cpu",
-        cache_bytes: int = DEFAULT_CACHE_BYTES, batch_size: int | None = None, zoo_store: Any = None,
+        cache_bytes: int = DEFAULT_CACHE_BYTES, batch_size: int | None = None, source: Any = None,
     ) -> None:
         if isinstance(library, str | Path):
             from modmerge.library import Library
 
             library = Library.open(library)
-        self.library, self.device, self.zoo_store = library, torch.device(device), zoo_store
+        self.library, self.device, self.source = library, torch.device(device), source
         self.config = self._choose(budget, config_id)
         self.tasks = {t.name: t for t in library.tasks}
         modalities = {t.modality for t in self.tasks.values()}
@@ -234,7 +235,7 @@ class ReuseEngine:
             entry = self.tasks[task]
             parts = split_head_state(task, self.library.head_state(task))
             if entry.pooling == "pooler" and not parts.pooler:
-                parts = type(parts)(parts.classifier, self._zoo_pooler(task))
+                parts = type(parts)(parts.classifier, self._source_pooler(task))
             self._heads[task] = build_task_head(task, entry.pooling, parts, lambda: self._pooler_template,
                                                 device=self.device)
         return self._heads[task]
@@ -270,7 +271,7 @@ class ReuseEngine:
     @cached_property
     def _pretrained_body(self) -> nn.Module:
         """The pretrained body the router reads features from, cut to the router's
-        ``feature_layers`` as :func:`~modmerge.reuse.router.fit_zoo_router` cut it in training."""
+        ``feature_layers`` as :func:`~modmerge.reuse.router.fit_router` cut it in training."""
         from modmerge.reuse.router import router_body
 
         config = self._router[1]
@@ -287,19 +288,22 @@ class ReuseEngine:
         if any(backbone.glob("*.safetensors")):
             with open_checkpoint(backbone) as ckpt:
                 return {k: ckpt.get(k).clone() for k in ckpt.keys()}
-        logger.info("library backbone has no weights; the router's features use zoo '%s'", self._zoo().name)
-        with self._zoo().backbone() as ckpt:
+        source = self._source("the pretrained weights its router reads")
+        logger.info("library backbone has no weights; the router's features use '%s'", source.name)
+        with source.backbone() as ckpt:
             return {k: ckpt.get(k).clone() for k in ckpt.keys()}
 
-    def _zoo_pooler(self, task: str) -> dict[str, torch.Tensor]:
-        with self._zoo().task_body(task) as ckpt:
+    def _source_pooler(self, task: str) -> dict[str, torch.Tensor]:
+        with self._source(f"task '{task}''s pooler").task_body(task) as ckpt:
             return {k: ckpt.get(k).clone() for k in ckpt.keys() if k.startswith("pooler.")}
 
-    def _zoo(self) -> Any:
-        from modmerge.zoo.store import ZooStore
-
-        store = self.zoo_store or ZooStore.default()
-        return store.load(self.library.manifest.zoo)
+    def _source(self, what: str) -> Any:
+        if self.source is None:
+            raise ReuseError(f"library {self.library.root} lacks {what} (built before they were stored): rebuild "
+                             "it with `modmerge library build`, or give the task source it was built from")
+        if callable(self.source):  # opened only when first needed
+            self.source = self.source()
+        return self.source
 
     def throughput(self) -> float:
         """Examples per second over every ``predict`` so far (0.0 before the first)."""

@@ -21,12 +21,12 @@ import numpy as np
 import torch
 
 from modmerge.reuse.engine import ReuseEngine
+from modmerge.tasks.source import TaskSource
 from modmerge.tasks.taskpool import TaskPool, score
-from modmerge.zoo.store import Zoo
 
 
 def evaluate_library(
-    library: Any, config_id: str, zoo: Zoo, split: str = "test", limit: int | None = None, use_router: bool = True,
+    library: Any, config_id: str, source: TaskSource, split: str = "test", limit: int | None = None, use_router: bool = True,
     *, engine: ReuseEngine | None = None, pool: TaskPool | None = None,
 ) -> dict[str, Any]:
     """Per task ``{"metric", "oracle", "routed", "routing_accuracy", "examples"}`` plus means.
@@ -35,16 +35,16 @@ def evaluate_library(
     configurations (the pool must be on ``split`` with ``limit``). ``use_router=False`` leaves
     the routed figures out (``None``).
 
-    >>> evaluate_library(lib, "c0", zoo, limit=64, use_router=False)["oracle_mean"]  # doctest: +SKIP
+    >>> evaluate_library(lib, "c0", source, limit=64, use_router=False)["oracle_mean"]  # doctest: +SKIP
     0.84
     """
     started = time.perf_counter()
     engine = engine if engine is not None and engine.config.id == config_id else ReuseEngine(library, config_id=config_id)
-    pool = pool or TaskPool(zoo, split=split, limit=limit)
+    pool = pool or TaskPool(source, split=split, limit=limit)
     per_task: dict[str, dict[str, Any]] = {}
     routed_right = routed_total = 0
     for task in engine.tasks:
-        entry = zoo.entry(task)
+        entry = source.entry(task)
         labels = pool.labels(task, split)
         # the pool's encoded split: same tokenisation and max_length as the search used
         encoded = pool.inputs(task, split)

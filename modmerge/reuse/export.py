@@ -58,14 +58,14 @@ class ExportResult:
 
 
 def export_model(
-    library: Any, config_id: str, task: str, out_dir: Path, *, overwrite: bool = False, zoo_store: Any = None,
+    library: Any, config_id: str, task: str, out_dir: Path, *, overwrite: bool = False, source: Any = None,
 ) -> ExportResult:
     """Write ``task``'s assembled model under configuration ``config_id`` to ``out_dir`` (atomic).
 
     >>> export_model(lib, "c0", "has_animal", tmp_path / "m").architecture  # doctest: +SKIP
     'BertForSequenceClassification'
     """
-    engine = ReuseEngine(library, config_id=config_id, zoo_store=zoo_store)
+    engine = ReuseEngine(library, config_id=config_id, source=source)
     engine._check_task(task, "task")
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:

@@ -12,7 +12,7 @@ so the saved state alone reproduces every route.
 (then its final norm, as the full model applies it): routing an input then costs k layers, not a
 second full forward beside its expert chain's. k = 0 reads the embedding layer's output alone (a
 bag of token or patch embeddings; it needs ``mean`` pooling, as the CLS embedding is constant).
-:func:`router_body` builds that body, once, for both training (:func:`fit_zoo_router`) and
+:func:`router_body` builds that body, once, for both training (:func:`fit_router`) and
 routing (the reuse engine), so both see the same features.
 
 Example::
@@ -45,8 +45,8 @@ from torch import nn
 from modmerge.errors import ModmergeError
 from modmerge.tasks.models import first_layer_keys, load_body
 from modmerge.tasks.progress import progress_task
+from modmerge.tasks.source import TaskSource, source_modality
 from modmerge.tasks.taskpool import TaskPool
-from modmerge.zoo.store import Zoo
 
 logger = logging.getLogger(__name__)
 
@@ -152,14 +152,14 @@ class RouterConfig:
         return cls(**dict(data))
 
     @classmethod
-    def for_zoo(cls, zoo: Zoo, **overrides: Any) -> RouterConfig:
-        """Defaults for ``zoo``: all its tasks, the backbone's hidden size, its modality's pooling.
+    def for_source(cls, source: TaskSource, **overrides: Any) -> RouterConfig:
+        """Defaults for ``source``: all its tasks, the backbone's hidden size, its modality's pooling.
 
-        >>> RouterConfig.for_zoo(ZooStore.default().load("vision")).pooling  # doctest: +SKIP
+        >>> RouterConfig.for_source(open_suite("suite.yaml")).pooling  # doctest: +SKIP
         'cls'
         """
-        modality = zoo_modality(zoo)
-        fields = {"tasks": tuple(zoo.tasks), "in_dim": _hidden_size(zoo), "pooling": DEFAULT_POOLING[modality]}
+        modality = source_modality(source)
+        fields = {"tasks": tuple(source.tasks), "in_dim": _hidden_size(source), "pooling": DEFAULT_POOLING[modality]}
         return cls(**{**fields, **overrides})
 
 
@@ -221,7 +221,7 @@ def router_body(
     config, weights ``state`` under checkpoint names), truncated to its first ``feature_layers``
     encoder layers (None: all). Extra weights of the layers it drops are ignored.
 
-    >>> body = router_body(zoo.root / "backbone", backbone_state, config.feature_layers)  # doctest: +SKIP
+    >>> body = router_body(source.backbone_dir, backbone_state, config.feature_layers)  # doctest: +SKIP
     >>> router_features(body, {"pixel_values": x}, "cls").shape  # doctest: +SKIP
     torch.Size([8, 128])
     """
@@ -239,7 +239,7 @@ def router_features(body: nn.Module, batch: Mapping[str, torch.Tensor], pooling:
     ``cls``: the first token; ``mean``: the mean over tokens where ``attention_mask`` is 1 (all
     tokens when the batch has no mask, as for images).
 
-    >>> router_features(load_body(zoo.root / "backbone"), {"pixel_values": x}, "cls").shape  # doctest: +SKIP
+    >>> router_features(load_body(source.backbone_dir), {"pixel_values": x}, "cls").shape  # doctest: +SKIP
     torch.Size([8, 128])
     """
     if pooling not in POOLINGS:
@@ -308,24 +308,20 @@ def _check_training_data(
     return features, labels.detach().long()
 
 
-def _hidden_size(zoo: Zoo) -> int:
-    return int(transformers.AutoConfig.from_pretrained(zoo.root / zoo.manifest.backbone.path).hidden_size)
+def _hidden_size(source: TaskSource) -> int:
+    return int(transformers.AutoConfig.from_pretrained(source.backbone_dir).hidden_size)
 
 
-def zoo_modality(zoo: Zoo) -> str:
-    """The one modality of all the zoo's tasks (a mixed zoo cannot share one router)."""
-    modalities = {zoo.entry(t).modality for t in zoo.tasks}
-    if len(modalities) != 1:
-        raise RouterError(f"zoo '{zoo.name}' mixes modalities ({', '.join(sorted(modalities))}); one router "
-                          "needs one input kind")
-    return modalities.pop()
+def training_split(source: TaskSource) -> str:
+    """The split a router trains on: ``train`` where every task has one, else ``validation``."""
+    return "train" if all("train" in source.task_data(t) for t in source.tasks) else "validation"
 
 
-def fit_zoo_router(
-    zoo: Zoo, config: RouterConfig | None = None, *, device: str | torch.device = "cpu",
+def fit_router(
+    source: TaskSource, config: RouterConfig | None = None, *, device: str | torch.device = "cpu",
     progress: Progress | None = None, test_limit: int | None = None,
 ) -> tuple[Router, dict[str, Any]]:
-    """Train a router on ``zoo`` and measure it: features of the PRETRAINED backbone (its first
+    """Train a router on ``source`` and measure it: features of the PRETRAINED backbone (its first
     ``config.feature_layers`` layers, see :func:`router_body`) for the first
     ``config.per_task`` examples of each task's train split (splits are stored shuffled, so this is
     a seeded sample; each task gives min(per_task, its train size)), then routing accuracy on each
@@ -335,22 +331,22 @@ def fit_zoo_router(
     ``confusion`` ({true task: {routed task: count}}), ``train_examples``, ``train_accuracy``,
     ``seconds`` (total) with ``feature_seconds`` and ``train_seconds``, and ``config``.
 
-    >>> router, report = fit_zoo_router(ZooStore.default().load("vision"))  # doctest: +SKIP
+    >>> router, report = fit_router(open_suite("suite.yaml"))  # doctest: +SKIP
     >>> report["test_accuracy"]  # doctest: +SKIP
     0.71
     """
     started = time.perf_counter()
-    config = config or RouterConfig.for_zoo(zoo)
-    zoo_modality(zoo)
-    unknown = [t for t in config.tasks if t not in zoo.tasks]
+    config = config or RouterConfig.for_source(source)
+    source_modality(source)
+    unknown = [t for t in config.tasks if t not in source.tasks]
     if unknown:
-        raise RouterError(f"router task '{unknown[0]}' is not in zoo '{zoo.name}' (tasks: {', '.join(zoo.tasks)})")
-    hidden_size = _hidden_size(zoo)
+        raise RouterError(f"router task '{unknown[0]}' is not in '{source.name}' (tasks: {', '.join(source.tasks)})")
+    hidden_size = _hidden_size(source)
     if hidden_size != config.in_dim:
-        raise RouterError(f"router config in_dim {config.in_dim} does not match zoo '{zoo.name}' features "
+        raise RouterError(f"router config in_dim {config.in_dim} does not match '{source.name}' features "
                           f"(hidden size {hidden_size})")
-    backbone_dir = zoo.root / zoo.manifest.backbone.path
-    with zoo.backbone() as ckpt:  # only the weights of the layers the router reads
+    backbone_dir = source.backbone_dir
+    with source.backbone() as ckpt:  # only the weights of the layers the router reads
         keys = ckpt.keys()
         if config.feature_layers is not None:
             hf_config = transformers.AutoConfig.from_pretrained(backbone_dir)
@@ -372,13 +368,14 @@ def fit_zoo_router(
                 advance(1)
         return torch.cat(feats), torch.cat(labels)
 
-    train_x, train_y = features_of(TaskPool(zoo, split="train", limit=config.per_task, device=device),
-                                   "router features (train)")
+    split = training_split(source)
+    train_x, train_y = features_of(TaskPool(source, split=split, limit=config.per_task, device=device),
+                                   f"router features ({split})")
     train_started = time.perf_counter()
     router = train_router(train_x, train_y, config)
     train_seconds = time.perf_counter() - train_started
 
-    test_x, test_y = features_of(TaskPool(zoo, split="test", limit=test_limit, device=device),
+    test_x, test_y = features_of(TaskPool(source, split="test", limit=test_limit, device=device),
                                  "router features (test)")
     routed = router.route(test_x)
     per_task, confusion = {}, {}
@@ -399,7 +396,8 @@ def fit_zoo_router(
         "feature_seconds": seconds - train_seconds,  # train and test features, and routing them
         "train_seconds": train_seconds,
         "config": config.to_dict(),
+        "train_split": split,
     }
-    logger.info("router on zoo '%s': test accuracy %.4f (%d train examples, %.1f s)", zoo.name,
+    logger.info("router on '%s': test accuracy %.4f (%d train examples, %.1f s)", source.name,
                 report["test_accuracy"], report["train_examples"], report["seconds"])
     return router, report

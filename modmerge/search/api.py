@@ -188,7 +188,7 @@ def run_models_recipe(
     recipe: SearchRecipe, out_dir: Path | None, *, resume: bool = False, callback: Progress | None = None
 ) -> SearchResult:
     """Run a recipe of the own-models form (``pretrained`` + ``models`` + dotted ``evaluators``)."""
-    if recipe.zoo is not None or recipe.pretrained is None or recipe.models is None or recipe.evaluators is None:
+    if recipe.has_source or recipe.pretrained is None or recipe.models is None or recipe.evaluators is None:
         raise RecipeError("run_models_recipe: the recipe is not of the own-models form (pretrained/models/evaluators)")
     evaluators = resolve_evaluators(recipe.evaluators)
     tests = None if recipe.test_evaluators is None else resolve_evaluators(recipe.test_evaluators, source="test_evaluators")

@@ -1,6 +1,6 @@
-"""`modmerge search RECIPE.yaml --out RUN_DIR`: one MERGE offline optimisation on a zoo, end to end.
+"""`modmerge search RECIPE.yaml --out RUN_DIR`: one MERGE offline optimisation on a task suite, end to end.
 
-The recipe names the zoo, the intra-group method F and its parameters, quantisation, granularity
+The recipe names the task suite (or a benchmark zoo), the intra-group method F and its parameters, quantisation, granularity
 and the search settings. Each run (``runs`` seeds) writes ``RUN_DIR/run<i>/state.json`` after
 every generation (``--resume`` continues it), and at the end the Pareto set is evaluated once on
 the test splits. ``RUN_DIR`` gets ``pareto.json``, ``history.json``, ``summary.md``,
@@ -8,7 +8,7 @@ the test splits. ``RUN_DIR`` gets ``pareto.json``, ``history.json``, ``summary.m
 
 Example recipe::
 
-    zoo: vision
+    suite: my-suite.yaml          # a task suite (paths relative to the recipe); or zoo: vision
     method: ties
     parameters: {density: 0.2, scaling: 1.0}
     quantization: {bits: 8, granularity: tensor, mode: conditional}
@@ -18,7 +18,7 @@ Example recipe::
     runs: 1
     baselines: out/baselines/baselines.json   # optional: for G2 and the plot
 
-Or, on the user's own models, instead of ``zoo:`` (paths relative to the recipe file; each
+Or, for what no data file expresses (generation, custom metrics), instead of ``suite:`` (paths relative to the recipe file; each
 evaluator is ``package.module:function`` taking a state dict and returning a score, see
 :mod:`modmerge.objectives.models_problem`)::
 
@@ -44,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from modmerge.atomic import write_json
 from modmerge.errors import RecipeError
 from modmerge.experts.modules import ModuleKey
-from modmerge.objectives.performance import EvaluationCounters, ZooMergeProblem, chain
+from modmerge.objectives.performance import EvaluationCounters, TaskMergeProblem, chain
 from modmerge.quantization import QuantConfig
 from modmerge.recipes.plan import MethodCall
 from modmerge.recipes.schema import Rule, _one_line
@@ -57,7 +57,7 @@ from modmerge.search.outputs import (
     write_run_dir,
 )
 from modmerge.search.state import GenerationRecord, SearchState
-from modmerge.zoo.store import Zoo, ZooStore
+from modmerge.tasks.source import TaskSource
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +67,9 @@ class SearchRecipe(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    zoo: str | None = None
-    # The own-models form (instead of ``zoo``): checkpoints and one evaluator per task.
+    suite: str | None = Field(default=None, description="a task suite file (the user's models and data)")
+    zoo: str | None = Field(default=None, description="a built benchmark zoo's name (the CLI opens it)")
+    # The evaluator form (instead of ``zoo``): checkpoints and one evaluator per task.
     pretrained: str | None = None
     models: dict[str, str] | None = None
     evaluators: dict[str, str] | None = Field(default=None, description="task -> 'package.module:function'")
@@ -105,15 +106,19 @@ class SearchRecipe(BaseModel):
     @model_validator(mode="after")
     def _one_form(self) -> SearchRecipe:
         own = {"pretrained": self.pretrained, "models": self.models, "evaluators": self.evaluators}
-        if self.zoo is not None:
+        if self.suite is not None and self.zoo is not None:
+            raise ValueError("give either suite or zoo, not both")
+        if self.suite is not None or self.zoo is not None:
+            form = "suite" if self.suite is not None else "zoo"
             given = [k for k, v in {**own, "test_evaluators": self.test_evaluators, "statistics": self.statistics,
-                                    "architecture": self.architecture, "rules": self.rules or None}.items() if v]
+                                    "architecture": self.architecture, "rules": self.rules or None,
+                                    "allow_pickle": self.allow_pickle or None}.items() if v]
             if given:
-                raise ValueError(f"give either zoo or pretrained/models/evaluators, not both (zoo and {given[0]})")
+                raise ValueError(f"{given[0]}: means nothing with {form} (it is a field of the evaluator form)")
             return self
         missing = [k for k, v in own.items() if v is None]
         if len(missing) == len(own):
-            raise ValueError("give zoo, or pretrained + models + evaluators")
+            raise ValueError("give suite (or zoo), or pretrained + models + evaluators")
         if missing:
             raise ValueError(f"{missing[0]}: required with pretrained/models (the own-models form)")
         tasks = list(self.models or {})
@@ -128,8 +133,18 @@ class SearchRecipe(BaseModel):
             if unknown:
                 raise ValueError(f"{field_name}: '{unknown[0]}' is not a task of models ({', '.join(tasks)})")
         if self.executor != "local":
-            raise ValueError("executor: only 'local' runs the own-models form so far")
+            raise ValueError("executor: only 'local' runs the evaluator form so far")
+        # Settings the evaluator callables decide themselves: refused, never recorded as used.
+        for name in ("precision", "validation_limit", "test_limit", "prefix_cache_bytes"):
+            if name in self.model_fields_set:
+                raise ValueError(f"{name}: means nothing in the evaluator form (evaluator callables run their own "
+                                 "forwards on their own data); use a task suite, or set it inside the evaluators")
         return self
+
+    @property
+    def has_source(self) -> bool:
+        """The recipe runs on a task source (a suite or a zoo), not on evaluator callables."""
+        return self.suite is not None or self.zoo is not None
 
     def call(self) -> MethodCall:
         return MethodCall.build(self.method, self.parameters)
@@ -163,7 +178,7 @@ def load_search_recipe(path: str | Path, overrides: dict[str, Any] | None = None
         raise RecipeError(f"{path}: {err}") from None
     if recipe.budget < recipe.population:
         raise RecipeError(f"{path}: budget {recipe.budget} is smaller than the population {recipe.population}")
-    if recipe.zoo is None:
+    if not recipe.has_source:
         from modmerge.search.api import resolve_evaluators
 
         # Imported now so a wrong dotted path fails before any checkpoint is opened.
@@ -181,8 +196,9 @@ def _resolve_model_paths(data: dict[str, Any], root: Path) -> None:
         candidate = root / Path(value).expanduser()
         return str(candidate) if not Path(value).expanduser().is_absolute() and candidate.exists() else value
 
-    if "pretrained" in data:
-        data["pretrained"] = fix(data["pretrained"])
+    for field_name in ("pretrained", "suite"):
+        if field_name in data:
+            data[field_name] = fix(data[field_name])
     for field_name in ("models", "statistics"):
         if isinstance(data.get(field_name), dict):
             data[field_name] = {k: fix(v) for k, v in data[field_name].items()}
@@ -217,27 +233,28 @@ def _baseline_figures(path: str | None, method: str) -> BaselineFigures:
     )
 
 
-def zoo_problem(recipe: SearchRecipe, zoo: Zoo, seed: int) -> ZooMergeProblem:
-    """The MERGE problem of one seeded run on a zoo; the expert library rebuilds modules with it.
+def source_problem(recipe: SearchRecipe, source: TaskSource, seed: int) -> TaskMergeProblem:
+    """The MERGE problem of one seeded run on a task source; the expert library rebuilds modules
+    with it.
 
-    >>> problem = zoo_problem(load_search_recipe("search.yaml"), zoo, seed=0)  # doctest: +SKIP
+    >>> problem = source_problem(load_search_recipe("search.yaml"), open_suite("suite.yaml"), seed=0)  # doctest: +SKIP
     """
-    return ZooMergeProblem(
-        zoo, recipe.call(), recipe.quant(), granularity=recipe.granularity, limit=recipe.validation_limit,
+    return TaskMergeProblem(
+        source, recipe.call(), recipe.quant(), granularity=recipe.granularity, limit=recipe.validation_limit,
         seed=seed, cache_bytes=recipe.cache_bytes, prefix_cache_bytes=recipe.prefix_cache_bytes, device=recipe.device,
         precision=recipe.precision,
     )
 
 
 def run_one(
-    recipe: SearchRecipe, zoo: Zoo, run_dir: Path, seed: int, *, resume: bool,
+    recipe: SearchRecipe, source: TaskSource, run_dir: Path, seed: int, *, resume: bool,
     callback: Callable[[GenerationRecord, EvaluationCounters], None] | None = None,
-) -> tuple[SearchState, ZooMergeProblem]:
+) -> tuple[SearchState, TaskMergeProblem]:
     """One seeded search; its state lives in ``run_dir/state.json`` and the evaluation counters
     in ``run_dir/evaluation_cost.json`` (both rewritten every generation), so the cost a resumed
     run reports covers every process that worked on it (a process killed between the two writes
     loses that one generation's counts)."""
-    problem = zoo_problem(recipe, zoo, seed)
+    problem = source_problem(recipe, source, seed)
     cost_path = run_dir / "evaluation_cost.json"
     if resume and (run_dir / "state.json").is_file() and (saved := _saved_counters(run_dir, seed)) is not None:
         problem.counters = saved
@@ -245,7 +262,7 @@ def run_one(
     if recipe.executor == "ray":
         from modmerge.search.executors import RayExecutor
 
-        executor = RayExecutor(zoo.root.parent.parent, recipe.model_dump(), seed=seed, workers=recipe.workers,
+        executor = RayExecutor(source, recipe.model_dump(), seed=seed, workers=recipe.workers,
                                address=recipe.ray_address, device=recipe.device)
     before = problem.counters  # Ray workers count their own work; it is added to this
 
@@ -295,7 +312,7 @@ class ParetoTestMetrics(NamedTuple):
 
 
 def test_metrics(
-    problem: ZooMergeProblem, gs: list[GroupingMatrix], limit: int | None, run_dir: Path | None = None,
+    problem: TaskMergeProblem, gs: list[GroupingMatrix], limit: int | None, run_dir: Path | None = None,
     progress: Callable[[int, int], None] | None = None, save_every: float = 60.0,
 ) -> ParetoTestMetrics:
     """Each solution's per-task test metric (staged forwards with prefix reuse, results shared
@@ -385,28 +402,29 @@ def save_recipe(recipe: SearchRecipe, out_dir: Path) -> None:
 
 
 def run_search_recipe(
-    recipe: SearchRecipe, out_dir: Path, *, store: ZooStore | None = None, resume: bool = False,
+    recipe: SearchRecipe, out_dir: Path, *, source: TaskSource | None = None, resume: bool = False,
     callback: Callable[..., None] | None = None, test_progress: Callable[[int, int, int], None] | None = None,
 ) -> dict[str, Any]:
     """All runs of a recipe; writes the outputs and returns the ``pareto.json`` payload.
 
-    ``callback(run, record)`` follows every generation; zoo runs also pass the evaluator's
-    :class:`EvaluationCounters` as a third argument (layer forwards done against naive ones).
-    ``test_progress(run, done, total)`` follows the task runs of a zoo run's test metrics.
+    ``callback(run, record)`` follows every generation; runs on a task source also pass the
+    evaluator's :class:`EvaluationCounters` as a third argument (layer forwards done against naive
+    ones). ``test_progress(run, done, total)`` follows the task runs of the test metrics.
 
-    A recipe with ``pretrained:`` + ``models:`` runs on the user's own models
-    (:func:`modmerge.search.api.run_models_recipe`); a zoo recipe needs ``store``. ``resume`` with a
+    A ``suite:`` or ``zoo:`` recipe runs on ``source``, the task source the caller opened from it
+    (the CLI opens both kinds); a recipe with ``pretrained:`` + ``models:`` + ``evaluators:`` runs
+    on evaluator callables (:func:`modmerge.search.api.run_models_recipe`). ``resume`` with a
     recipe that changes the objective is refused (:func:`check_resume`).
     """
     check_resume(recipe, out_dir, resume)
-    if recipe.zoo is None:
+    if not recipe.has_source:
         from modmerge.search.api import run_models_recipe
 
         return run_models_recipe(recipe, out_dir, resume=resume, callback=callback).payload
-    if store is None:
-        raise RecipeError(f"zoo recipe '{recipe.zoo}': no zoo store given")
-    zoo = store.load(recipe.zoo)
-    save_recipe(recipe, out_dir)  # the zoo exists: the search starts
+    if source is None:
+        raise RecipeError(f"recipe names {'suite ' + str(recipe.suite) if recipe.suite else 'zoo ' + str(recipe.zoo)}: "
+                          "no task source given")
+    save_recipe(recipe, out_dir)  # the source opened: the search starts
     # G1's bar is F on the whole model measured on this search's own validation subset (the
     # baselines file may use other hyperparameters or another subset); G2's is the file's best.
     baselines = _baseline_figures(recipe.baselines, recipe.call().method)
@@ -415,7 +433,7 @@ def run_search_recipe(
     for i in range(recipe.runs):
         seed = recipe.seed + i
         state, problem = run_one(
-            recipe, zoo, out_dir / f"run{i}", seed, resume=resume,
+            recipe, source, out_dir / f"run{i}", seed, resume=resume,
             callback=None if callback is None else (lambda rec, counters, i=i: callback(i, rec, counters)),
         )
         if base_p is None:
@@ -428,12 +446,13 @@ def run_search_recipe(
         units = problem.unit_ids
         del problem  # its module and prefix caches go before the next run builds its own
     payload = {
-        "zoo": zoo.name,
-        "backbone": zoo.manifest.backbone.model_dump(),
-        "tasks": zoo.tasks,
+        "zoo": source.name,
+        "source": source.describe(),
+        "backbone": source.backbone_info.model_dump(),
+        "tasks": source.tasks,
         "recipe": recipe.model_dump(),
         "units": units,
-        "hv_reference": {"storage": float(len(zoo.tasks)), "performance": 0.0},
+        "hv_reference": {"storage": float(len(source.tasks)), "performance": 0.0},
         "bars": {"base_method_validation": base_p, "best_baseline_validation": baselines.best,
                  "best_baseline_validation_limit": baselines.val_limit},
         "runs": runs,

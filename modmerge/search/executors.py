@@ -1,19 +1,18 @@
 """Executors for real evaluations beyond the local one: Ray workers that each hold the models.
 
-Every worker builds its own :class:`~modmerge.objectives.performance.ZooMergeProblem` once
-(loading the zoo and keeping its module and chain caches warm across generations); a batch of
+Every worker builds its own :class:`~modmerge.objectives.performance.TaskMergeProblem` once
+(opening the task source, a suite or a zoo, and keeping its module and chain caches warm across generations); a batch of
 grouping matrices is spread over the workers and the results come back in order. For users
 with many GPUs or machines, point Ray at a cluster (``address``) and give each worker a GPU
 (``num_gpus``).
 
->>> executor = RayExecutor(zoo_root, recipe, seed=0, workers=4)  # doctest: +SKIP
+>>> executor = RayExecutor(source, recipe, seed=0, workers=4)  # doctest: +SKIP
 >>> run_search(problem, config, executor=executor)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from modmerge.errors import ModmergeError
@@ -23,14 +22,13 @@ from modmerge.search.problem import Evaluation
 
 
 class _Worker:
-    """A Ray actor body: one problem, built from the zoo directory and the recipe's settings."""
+    """A Ray actor body: one problem, built from the task source and the recipe's settings."""
 
-    def __init__(self, zoo_root: str, recipe: dict[str, Any], seed: int, device: str) -> None:
-        from modmerge.search.driver import SearchRecipe, zoo_problem
-        from modmerge.zoo.store import ZooStore
+    def __init__(self, source: Any, recipe: dict[str, Any], seed: int, device: str) -> None:
+        from modmerge.search.driver import SearchRecipe, source_problem
 
         parsed = SearchRecipe.model_validate({**recipe, "device": device})
-        self.problem = zoo_problem(parsed, ZooStore(Path(zoo_root)).load(parsed.zoo), seed)
+        self.problem = source_problem(parsed, source, seed)
 
     def evaluate(self, rows: list[list[list[int]]]) -> tuple[list[Evaluation], EvaluationCounters]:
         """The evaluations, and this worker's counters so far (its work since it started)."""
@@ -42,7 +40,7 @@ class RayExecutor:
 
     def __init__(
         self,
-        store_root: Path,
+        source: Any,
         recipe: dict[str, Any],
         *,
         seed: int,
@@ -60,7 +58,7 @@ class RayExecutor:
             ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
         actor = ray.remote(num_cpus=num_cpus_per_worker, num_gpus=num_gpus_per_worker)(_Worker)
         self._ray = ray
-        self.workers = [actor.remote(str(store_root), recipe, seed, device) for _ in range(workers)]
+        self.workers = [actor.remote(source, recipe, seed, device) for _ in range(workers)]
         self._worker_counters = [EvaluationCounters() for _ in self.workers]
 
     def evaluate(self, gs: Sequence[GroupingMatrix]) -> list[Evaluation]:

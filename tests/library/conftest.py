@@ -11,7 +11,7 @@ import pytest
 from library_configs import individual_and_mixed
 
 from modmerge.library import Library, build_library
-from modmerge.objectives.performance import ZooMergeProblem
+from modmerge.objectives.performance import TaskMergeProblem
 from modmerge.quantization import QuantConfig
 from modmerge.recipes.plan import MethodCall
 from modmerge.search.driver import SearchRecipe, run_search_recipe
@@ -30,15 +30,15 @@ def search_run(zoo_store, tmp_path_factory) -> Path:
     recipe = SearchRecipe(zoo="tiny", budget=4, population=2, runs=2, validation_limit=16, test_limit=16,
                           surrogate=False, init="random")
     out = tmp_path_factory.mktemp("search") / "run"
-    run_search_recipe(recipe, out, store=zoo_store)
+    run_search_recipe(recipe, out, source=zoo_store.load(recipe.zoo))
     return out
 
 
 @pytest.fixture(scope="session")
-def problem(tiny_zoo, search_run) -> ZooMergeProblem:
+def problem(tiny_zoo, search_run) -> TaskMergeProblem:
     """The search's problem, rebuilt independently of the library (for expected values)."""
     recipe = json.loads((search_run / "pareto.json").read_text())["recipe"]
-    return ZooMergeProblem(tiny_zoo, MethodCall.build(recipe["method"], recipe["parameters"]),
+    return TaskMergeProblem(tiny_zoo, MethodCall.build(recipe["method"], recipe["parameters"]),
                            QuantConfig.from_dict(recipe["quantization"]), granularity=recipe["granularity"], limit=16)
 
 
@@ -66,12 +66,12 @@ def chosen_run(search_run, problem, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def chosen_lib(chosen_run, zoo_store, tmp_path_factory) -> Library:
-    return build_library(chosen_run, tmp_path_factory.mktemp("libs") / "chosen", zoo_store=zoo_store)
+    return build_library(chosen_run, tmp_path_factory.mktemp("libs") / "chosen", source=zoo_store.load("tiny"))
 
 
 @pytest.fixture(scope="session")
 def search_lib(search_run, zoo_store, tmp_path_factory) -> Library:
-    return build_library(search_run, tmp_path_factory.mktemp("libs") / "search", zoo_store=zoo_store)
+    return build_library(search_run, tmp_path_factory.mktemp("libs") / "search", source=zoo_store.load("tiny"))
 
 
 @pytest.fixture

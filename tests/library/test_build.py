@@ -105,18 +105,18 @@ def test_select_picks_the_best_configuration_that_fits(chosen_lib, search_lib):
 
 def test_rebuild_gives_identical_blobs_and_replaces_atomically(chosen_run, chosen_lib, zoo_store, tmp_path):
     target = tmp_path / "lib"
-    first = build_library(chosen_run, target, zoo_store=zoo_store)
+    first = build_library(chosen_run, target, source=zoo_store.load("tiny"))
     names = {p.name: p.read_bytes() for p in first.blobs_dir.iterdir()}
     assert names == {p.name: p.read_bytes() for p in chosen_lib.blobs_dir.iterdir()}
     (target / "stale.txt").write_text("from the old library")
-    again = build_library(chosen_run, target, zoo_store=zoo_store)
+    again = build_library(chosen_run, target, source=zoo_store.load("tiny"))
     assert {p.name: p.read_bytes() for p in again.blobs_dir.iterdir()} == names
     assert not (target / "stale.txt").exists() and siblings(target) == []
 
 
 def test_failed_build_leaves_the_previous_library_intact(chosen_run, zoo_store, tmp_path, monkeypatch):
     target = tmp_path / "lib"
-    build_library(chosen_run, target, zoo_store=zoo_store)
+    build_library(chosen_run, target, source=zoo_store.load("tiny"))
     before = {p.relative_to(target): p.read_bytes() for p in target.rglob("*") if p.is_file()}
     calls = []
 
@@ -129,13 +129,13 @@ def test_failed_build_leaves_the_previous_library_intact(chosen_run, zoo_store, 
     real = build_mod.write_blob
     monkeypatch.setattr(build_mod, "write_blob", failing)
     with pytest.raises(OSError, match="simulated"):
-        build_library(chosen_run, target, zoo_store=zoo_store)
+        build_library(chosen_run, target, source=zoo_store.load("tiny"))
     assert {p.relative_to(target): p.read_bytes() for p in target.rglob("*") if p.is_file()} == before
     assert siblings(target) == [] and Library.open(target, verify=True).verify() == []
     # and a first build that fails leaves no library at all
     with pytest.raises(OSError, match="simulated"):
         calls.clear()
-        build_library(chosen_run, tmp_path / "new", zoo_store=zoo_store)
+        build_library(chosen_run, tmp_path / "new", source=zoo_store.load("tiny"))
     assert not (tmp_path / "new").exists() and siblings(tmp_path / "new") == []
 
 
@@ -145,8 +145,8 @@ def test_changed_storage_cost_means_the_zoo_changed(chosen_run, zoo_store, tmp_p
     run = tmp_path / "run"
     run.mkdir()
     (run / "pareto.json").write_text(json.dumps(payload))
-    with pytest.raises(LibraryError, match=r"pareto.json: configuration .* rebuilds with storage cost .*zoo 'tiny' changed"):
-        build_library(run, tmp_path / "lib", zoo_store=zoo_store)
+    with pytest.raises(LibraryError, match=r"pareto.json: configuration .* rebuilds with storage cost .*'tiny' changed"):
+        build_library(run, tmp_path / "lib", source=zoo_store.load("tiny"))
     assert not (tmp_path / "lib").exists() and siblings(tmp_path / "lib") == []
 
 
@@ -157,7 +157,7 @@ def test_router_weights_are_stored_as_a_blob(chosen_run, zoo_store, tiny_zoo, tm
     config = RouterConfig(tasks=tuple(tiny_zoo.tasks), in_dim=32, hidden=8)
     router = Router(config)
     state = router.to_state()
-    lib = build_library(chosen_run, tmp_path / "lib", zoo_store=zoo_store,
+    lib = build_library(chosen_run, tmp_path / "lib", source=zoo_store.load("tiny"),
                         router=(state, {**config.to_dict(), "test_accuracy": 0.75}))
     got, stored = lib.router_state()
     assert sorted(got) == sorted(state) and all(torch.equal(got[k], v) for k, v in state.items())
@@ -175,7 +175,7 @@ def test_router_weights_are_stored_as_a_blob(chosen_run, zoo_store, tiny_zoo, tm
 
 @pytest.mark.parametrize(
     ("edit", "needle"),
-    [(lambda p: p.pop("runs"), "lacks field 'runs'"), (lambda p: p.update(zoo=None), "has no zoo"),
+    [(lambda p: p.pop("runs"), "lacks field 'runs'"), (lambda p: p.update(zoo=None, source=None), "has no task suite or zoo"),
      (lambda p: p.update(runs=[]), "no Pareto solutions"),
      (lambda p: p["runs"][0]["solutions"][0].update(grouping=[[0, -1]]), r"runs\[0\].solutions\[0\] is malformed"),
      (lambda p: p.update(units=["embed"]), "units differ")],
@@ -185,6 +185,6 @@ def test_bad_run_directories(chosen_run, zoo_store, tmp_path, edit, needle):
     edit(payload)
     (tmp_path / "pareto.json").write_text(json.dumps(payload))
     with pytest.raises(LibraryError, match=needle):
-        build_library(tmp_path, tmp_path / "lib", zoo_store=zoo_store)
+        build_library(tmp_path, tmp_path / "lib", source=zoo_store.load("tiny"))
     with pytest.raises(LibraryError, match="not found"):
-        build_library(tmp_path / "nope", tmp_path / "lib", zoo_store=zoo_store)
+        build_library(tmp_path / "nope", tmp_path / "lib", source=zoo_store.load("tiny"))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from modmerge.objectives.baselines import body_keys, merge_bodies
-from modmerge.objectives.performance import ZooMergeProblem, chain, modules_of
+from modmerge.objectives.performance import TaskMergeProblem, chain, modules_of
 from modmerge.quantization import QuantConfig
 from modmerge.recipes.plan import MethodCall
 from modmerge.search.grouping import GroupingMatrix
@@ -18,7 +18,7 @@ NEVER = QuantConfig(mode="never")
 
 @pytest.fixture(scope="module")
 def ta_problem(tiny_zoo):
-    return ZooMergeProblem(tiny_zoo, MethodCall.build("task_arithmetic", {}), NEVER, limit=None)
+    return TaskMergeProblem(tiny_zoo, MethodCall.build("task_arithmetic", {}), NEVER, limit=None)
 
 
 def test_individual_configuration_reproduces_each_task_model(ta_problem, tiny_zoo):
@@ -41,7 +41,7 @@ def test_all_merged_equals_the_static_merge(ta_problem, tiny_zoo):
 
 
 def test_quantised_single_model_costs_a_quarter_plus_metadata(tiny_zoo):
-    p = ZooMergeProblem(tiny_zoo, MethodCall.build("task_arithmetic", {}), QuantConfig(mode="always"), limit=32)
+    p = TaskMergeProblem(tiny_zoo, MethodCall.build("task_arithmetic", {}), QuantConfig(mode="always"), limit=32)
     cost = p.storage_cost(GroupingMatrix.all_merged(p.n_tasks, p.n_units))
     assert 0.25 < cost < 0.34
 
@@ -57,7 +57,7 @@ def test_chains_and_modules_follow_the_grouping(ta_problem):
 
 
 def test_repeated_chains_are_not_rerun(tiny_zoo):
-    p = ZooMergeProblem(tiny_zoo, MethodCall.build("task_arithmetic", {}), NEVER, limit=32)
+    p = TaskMergeProblem(tiny_zoo, MethodCall.build("task_arithmetic", {}), NEVER, limit=32)
     g = GroupingMatrix.all_merged(p.n_tasks, p.n_units)
     p.evaluate([g, g])
     assert p.counters.task_runs == p.n_tasks

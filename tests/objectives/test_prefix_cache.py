@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from modmerge.errors import ModmergeError
-from modmerge.objectives.performance import ZooMergeProblem
+from modmerge.objectives.performance import TaskMergeProblem
 from modmerge.objectives.prefix_cache import PrefixCache, prefix_keys
 from modmerge.quantization import QuantConfig
 from modmerge.recipes.plan import MethodCall
@@ -17,7 +17,7 @@ TA = MethodCall.build("task_arithmetic", {})
 
 
 def make(tiny_zoo, prefix_cache_bytes):
-    return ZooMergeProblem(tiny_zoo, TA, QuantConfig(), limit=32, prefix_cache_bytes=prefix_cache_bytes)
+    return TaskMergeProblem(tiny_zoo, TA, QuantConfig(), limit=32, prefix_cache_bytes=prefix_cache_bytes)
 
 
 def configurations(n_tasks, units):

@@ -11,7 +11,7 @@ from modmerge.zoo.store import ZooStore
 def test_search_reports_layer_forwards(tiny_zoo, tmp_path):
     recipe = SearchRecipe(zoo="tiny", budget=4, population=4, validation_limit=16, test_limit=16, init="random")
     seen = []
-    payload = run_search_recipe(recipe, tmp_path / "run", store=ZooStore(tiny_zoo.root.parent.parent),
+    payload = run_search_recipe(recipe, tmp_path / "run", source=ZooStore(tiny_zoo.root.parent.parent).load(recipe.zoo),
                                 callback=lambda run, rec, counters: seen.append(counters.cost_record()))
     cost = json.loads((tmp_path / "run" / "pareto.json").read_text())["runs"][0]["evaluation_cost"]
     assert cost == payload["runs"][0]["evaluation_cost"]

@@ -45,6 +45,7 @@ class FakeTask:
 @dataclass
 class FakeManifest:
     zoo: str
+    source: dict | None = None
 
 
 @dataclass

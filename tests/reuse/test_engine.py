@@ -97,7 +97,7 @@ def test_head_without_pooler_falls_back_to_the_zoo(tiny_zoo, tmp_path):
     full = fake_library(tiny_zoo, [GroupingMatrix.all_merged(4, units)], tmp_path / "b")
     items = [{"text": s, "task": "has_color"} for s in texts(tiny_zoo, "has_color", 8)]
     store = ZooStore(tiny_zoo.root.parent.parent)
-    assert ReuseEngine(bare, zoo_store=store).predict(items, with_logits=True) == ReuseEngine(full).predict(
+    assert ReuseEngine(bare, source=store.load("tiny")).predict(items, with_logits=True) == ReuseEngine(full).predict(
         items, with_logits=True)
 
 

@@ -76,7 +76,7 @@ def test_routed_metrics_and_routing_accuracy(lib, tiny_zoo, fake_router, monkeyp
     store = __import__("modmerge.zoo.store", fromlist=["ZooStore"]).ZooStore(tiny_zoo.root.parent.parent)
     from modmerge.reuse.engine import ReuseEngine
 
-    engine = ReuseEngine(lib, config_id="c0", zoo_store=store)  # pretrained weights come from the zoo
+    engine = ReuseEngine(lib, config_id="c0", source=store.load("tiny"))  # pretrained weights come from the zoo
     report = evaluate_library(lib, "c0", tiny_zoo, limit=40, engine=engine)
     rows = report["tasks"]
     assert rows["has_color"]["routing_accuracy"] == 1.0 and rows["has_color"]["routed"] == rows["has_color"]["oracle"]
@@ -130,15 +130,15 @@ def test_read_jsonl_paths_and_errors(tmp_path):
 
 
 def test_real_router_accuracy_through_the_engine_matches_its_own_report(lib, tiny_zoo, monkeypatch):
-    from modmerge.reuse.router import RouterConfig, fit_zoo_router
+    from modmerge.reuse.router import RouterConfig, fit_router
     from modmerge.zoo.store import ZooStore
 
-    config = RouterConfig.for_zoo(tiny_zoo, epochs=3, per_task=64)
-    router, fitted = fit_zoo_router(tiny_zoo, config, test_limit=48)
+    config = RouterConfig.for_source(tiny_zoo, epochs=3, per_task=64)
+    router, fitted = fit_router(tiny_zoo, config, test_limit=48)
     monkeypatch.setattr(lib, "router", (router.to_state(), config.to_dict()))
     from modmerge.reuse.engine import ReuseEngine
 
-    engine = ReuseEngine(lib, config_id="c0", zoo_store=ZooStore(tiny_zoo.root.parent.parent))
+    engine = ReuseEngine(lib, config_id="c0", source=ZooStore(tiny_zoo.root.parent.parent).load("tiny"))
     report = evaluate_library(lib, "c0", tiny_zoo, limit=48, engine=engine)
     for task in tiny_zoo.tasks:  # same features up to batching noise: at most one example may flip
         assert abs(report["tasks"][task]["routing_accuracy"] - fitted["per_task"][task]) <= 1 / 48

@@ -29,8 +29,8 @@ def built(tiny_zoo, tmp_path_factory):
     recipe_path = root / "search.yaml"
     recipe_path.write_text(yaml.safe_dump({"zoo": "tiny", "budget": 4, "population": 2, "validation_limit": LIMIT,
                                            "test_limit": LIMIT}))
-    payload = run_search_recipe(load_search_recipe(recipe_path), root / "run", store=store)
-    lib = library.build_library(root / "run", root / "lib", zoo_store=store)
+    payload = run_search_recipe(load_search_recipe(recipe_path), root / "run", source=store.load("tiny"))
+    lib = library.build_library(root / "run", root / "lib", source=store.load("tiny"))
     return lib, root / "lib", payload, store
 
 def test_oracle_metrics_reproduce_the_search_test_figures(built, tiny_zoo):
@@ -63,12 +63,12 @@ def test_predict_and_export_from_a_library_directory(built, tiny_zoo, tmp_path):
 
 
 def test_evaluate_command_prints_the_budget_table(built, tiny_zoo, tmp_path):
-    from modmerge.reuse.router import RouterConfig, fit_zoo_router
+    from modmerge.reuse.router import RouterConfig, fit_router
 
     lib, _, _, store = built
-    config = RouterConfig.for_zoo(tiny_zoo, per_task=16, epochs=2)
-    router, _ = fit_zoo_router(tiny_zoo, config, test_limit=LIMIT)
-    routed_lib = library.build_library(lib.root.parent / "run", tmp_path / "lib", zoo_store=store,
+    config = RouterConfig.for_source(tiny_zoo, per_task=16, epochs=2)
+    router, _ = fit_router(tiny_zoo, config, test_limit=LIMIT)
+    routed_lib = library.build_library(lib.root.parent / "run", tmp_path / "lib", source=store.load("tiny"),
                                        router=(router.to_state(), {**config.to_dict(), "test_accuracy": 0.5}))
     costs = sorted(c.storage_cost for c in routed_lib.configurations)
     result = CliRunner().invoke(main, ["evaluate", str(tmp_path / "lib"), "--limit", str(LIMIT), "--cache",

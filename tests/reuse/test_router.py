@@ -13,7 +13,7 @@ from modmerge.reuse import (
     Router,
     RouterConfig,
     RouterError,
-    fit_zoo_router,
+    fit_router,
     router_features,
     train_router,
 )
@@ -163,12 +163,12 @@ def test_router_features_pooling(tiny_zoo):
         router_features(body, {"input_ids": ids}, "max")  # type: ignore[arg-type]
 
 
-def test_fit_zoo_router_plumbing(tiny_zoo):
+def test_fit_router_plumbing(tiny_zoo):
     # The tiny zoo's tasks share one input distribution, so routing by input is at chance there:
     # this checks the plumbing only (accuracy is learnt on separable features above).
-    config = RouterConfig.for_zoo(tiny_zoo, hidden=16, epochs=2, per_task=40)
+    config = RouterConfig.for_source(tiny_zoo, hidden=16, epochs=2, per_task=40)
     assert config.pooling == "mean" and config.in_dim == 32 and config.tasks == tuple(tiny_zoo.tasks)
-    router, report = fit_zoo_router(tiny_zoo, config, test_limit=24)
+    router, report = fit_router(tiny_zoo, config, test_limit=24)
     n_tasks = len(tiny_zoo.tasks)
     assert report["train_examples"] == 40 * n_tasks  # per_task honoured (each train split holds 480)
     assert report["test_examples"] == 24 * n_tasks
@@ -182,8 +182,8 @@ def test_fit_zoo_router_plumbing(tiny_zoo):
     assert router.route(torch.zeros(3, 32)).shape == (3,)
 
 
-def test_fit_zoo_router_rejects_unknown_tasks_and_wrong_in_dim(tiny_zoo):
-    with pytest.raises(RouterError, match="router task 'nope' is not in zoo"):
-        fit_zoo_router(tiny_zoo, RouterConfig(tasks=("nope",), in_dim=32))
+def test_fit_router_rejects_unknown_tasks_and_wrong_in_dim(tiny_zoo):
+    with pytest.raises(RouterError, match="router task 'nope' is not in 'tiny'"):
+        fit_router(tiny_zoo, RouterConfig(tasks=("nope",), in_dim=32))
     with pytest.raises(RouterError, match="in_dim 7 does not match"):
-        fit_zoo_router(tiny_zoo, RouterConfig.for_zoo(tiny_zoo, in_dim=7, epochs=1, per_task=4), test_limit=4)
+        fit_router(tiny_zoo, RouterConfig.for_source(tiny_zoo, in_dim=7, epochs=1, per_task=4), test_limit=4)

@@ -20,7 +20,7 @@ from modmerge.reuse import (
     Router,
     RouterConfig,
     RouterError,
-    fit_zoo_router,
+    fit_router,
     router_body,
     router_features,
 )
@@ -119,10 +119,10 @@ def test_feature_layers_round_trips_and_older_configs_mean_all_layers():
     assert RouterConfig(tasks=("a",), in_dim=4).to_dict()["feature_layers"] is None
 
 
-def test_fit_zoo_router_rejects_more_layers_than_the_backbone_has(tiny_zoo):
-    config = RouterConfig.for_zoo(tiny_zoo, epochs=1, per_task=4, feature_layers=3)  # the tiny BERT has 2
+def test_fit_router_rejects_more_layers_than_the_backbone_has(tiny_zoo):
+    config = RouterConfig.for_source(tiny_zoo, epochs=1, per_task=4, feature_layers=3)  # the tiny BERT has 2
     with pytest.raises(RouterError, match=r"field 'feature_layers': at most the backbone's 2 encoder layers, got 3"):
-        fit_zoo_router(tiny_zoo, config, test_limit=4)
+        fit_router(tiny_zoo, config, test_limit=4)
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +132,7 @@ def shallow_lib(tiny_zoo, tmp_path_factory):
     root = tmp_path_factory.mktemp("shallow_lib")
     recipe = SearchRecipe(zoo="tiny", budget=2, population=2, runs=1, validation_limit=8, test_limit=8,
                           surrogate=False, init="random")
-    run_search_recipe(recipe, root / "run", store=store)
+    run_search_recipe(recipe, root / "run", source=store.load(recipe.zoo))
     result = CliRunner().invoke(main, ["library", "build", str(root / "run"), str(root / "lib"), "--cache",
                                        str(store.root), "--router-feature-layers", "1", "--router-per-task", "32",
                                        "--router-epochs", "3", "--router-test-limit", "8"])
@@ -177,7 +177,7 @@ def test_embeddings_only_router_library_routes_through_the_engine(shallow_lib, t
     assert len(engine.predict([{"text": s} for s in texts])) == len(texts)
 
 
-def test_fit_zoo_router_reads_only_the_backbone_layers_the_router_uses(tiny_zoo, monkeypatch):
+def test_fit_router_reads_only_the_backbone_layers_the_router_uses(tiny_zoo, monkeypatch):
     from modmerge.zoo.store import Zoo
 
     read, opened = [], Zoo.backbone
@@ -189,8 +189,8 @@ def test_fit_zoo_router_reads_only_the_backbone_layers_the_router_uses(tiny_zoo,
         return ckpt
 
     monkeypatch.setattr(Zoo, "backbone", recording)
-    config = RouterConfig.for_zoo(tiny_zoo, epochs=1, per_task=4, feature_layers=1)
-    _router, report = fit_zoo_router(tiny_zoo, config, test_limit=4)
+    config = RouterConfig.for_source(tiny_zoo, epochs=1, per_task=4, feature_layers=1)
+    _router, report = fit_router(tiny_zoo, config, test_limit=4)
     assert any(k.startswith("encoder.layer.0.") for k in read) and "embeddings.word_embeddings.weight" in read
     assert not any(k.startswith("encoder.layer.1.") for k in read)  # neither the router nor the task pools
     assert report["train_examples"] == 4 * len(tiny_zoo.tasks) and 0.0 <= report["test_accuracy"] <= 1.0

@@ -151,9 +151,9 @@ def test_recipe_paths_are_relative_to_the_recipe(recipe_form, three_tasks, tmp_p
         ({"evaluators": {"t0": "own_evals:t0", "t1": "own_evals:t1"}}, "evaluators: task 't2' of models has none"),
         ({"evaluators": {"t0": "own_evals:t0", "t1": "own_evals:t1", "t2": "own_evals:t2", "t9": "own_evals:t2"}},
          "evaluators: 't9' is not a task of models"),
-        ({"zoo": "tiny"}, "give either zoo or pretrained/models/evaluators, not both"),
+        ({"zoo": "tiny"}, "pretrained: means nothing with zoo"),
         ({"pretrained": None}, "pretrained: required with pretrained/models"),
-        ({"pretrained": None, "models": None, "evaluators": None, "test_evaluators": None}, "give zoo, or pretrained"),
+        ({"pretrained": None, "models": None, "evaluators": None, "test_evaluators": None}, "give suite (or zoo), or pretrained"),
     ],
 )
 def test_cli_recipe_errors_are_one_line(recipe_form, tmp_path, changes, needle):

@@ -24,7 +24,7 @@ def test_search_writes_outputs_and_resumes_to_the_same_front(tiny_zoo, tmp_path)
     store = ZooStore(tiny_zoo.root.parent.parent)
     recipe = load_search_recipe(write(tmp_path))
     calls = []
-    payload = run_search_recipe(recipe, tmp_path / "run", store=store, test_progress=lambda *a: calls.append(a))
+    payload = run_search_recipe(recipe, tmp_path / "run", source=store.load(recipe.zoo), test_progress=lambda *a: calls.append(a))
     assert calls[-1][0] == 0 and calls[-1][1] == calls[-1][2] == len(calls) > 0  # one call per test task run
     for name in ("pareto.json", "history.json", "summary.md", "pareto.png", "hypervolume.png"):
         assert (tmp_path / "run" / name).exists()
@@ -46,7 +46,7 @@ def test_search_writes_outputs_and_resumes_to_the_same_front(tiny_zoo, tmp_path)
     for entry in stored["solutions"]:  # a resumed search reads the finished run's test metrics back
         entry["test"] = dict.fromkeys(entry["test"], 0.125)
     (tmp_path / "run" / "run0" / "test_metrics.json").write_text(json.dumps(stored))
-    again = run_search_recipe(recipe, tmp_path / "run", store=store, resume=True)
+    again = run_search_recipe(recipe, tmp_path / "run", source=store.load(recipe.zoo), resume=True)
     assert [s["grouping"] for s in again["runs"][0]["solutions"]] == [s["grouping"] for s in sols]
     assert {s["test"]["mean"] for s in again["runs"][0]["solutions"]} == {0.125}
     # the finished run did no work in the resumed process, yet its cost is the first process's
@@ -58,16 +58,16 @@ def test_search_writes_outputs_and_resumes_to_the_same_front(tiny_zoo, tmp_path)
     # a run saved before per-run counters existed keeps the cost of the set's earlier pareto.json
     cost_file = tmp_path / "run" / "run0" / "evaluation_cost.json"
     cost_file.unlink()
-    assert run_search_recipe(recipe, tmp_path / "run", store=store, resume=True)["runs"][0]["evaluation_cost"] == cost
+    assert run_search_recipe(recipe, tmp_path / "run", source=store.load(recipe.zoo), resume=True)["runs"][0]["evaluation_cost"] == cost
     assert json.loads(cost_file.read_text()) == cost
     # ... and with neither, its cost is unknown, not the resumed process's zero
     cost_file.unlink()
     (tmp_path / "run" / "pareto.json").unlink()
-    older = run_search_recipe(recipe, tmp_path / "run", store=store, resume=True)
+    older = run_search_recipe(recipe, tmp_path / "run", source=store.load(recipe.zoo), resume=True)
     assert older["runs"][0]["evaluation_cost"] is None
     assert "Evaluation cost of the search: not recorded" in (tmp_path / "run" / "summary.md").read_text()
     with pytest.raises(RecipeError, match=r"--resume .*searched with precision='float32'"):
-        run_search_recipe(load_search_recipe(write(tmp_path, precision="bfloat16")), tmp_path / "run", store=store,
+        run_search_recipe(load_search_recipe(write(tmp_path, precision="bfloat16")), tmp_path / "run", source=store.load("tiny"),
                           resume=True)
 
 

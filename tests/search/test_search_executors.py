@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from modmerge.objectives.performance import ZooMergeProblem
+from modmerge.objectives.performance import TaskMergeProblem
 from modmerge.search.driver import SearchRecipe, run_search_recipe
 from modmerge.search.grouping import GroupingMatrix
-from modmerge.zoo.store import ZooStore
 
 
 @pytest.mark.slow
@@ -16,19 +15,19 @@ def test_ray_workers_match_local_evaluation(tiny_zoo, tmp_path):
     from modmerge.search.executors import RayExecutor
 
     recipe = SearchRecipe(zoo="tiny", validation_limit=32, quantization={"mode": "never"})
-    local = ZooMergeProblem(tiny_zoo, recipe.call(), recipe.quant(), limit=32)
+    local = TaskMergeProblem(tiny_zoo, recipe.call(), recipe.quant(), limit=32)
     gs = [GroupingMatrix.all_merged(local.n_tasks, local.n_units), GroupingMatrix.individual(local.n_tasks, local.n_units)]
     expected = local.evaluate(gs)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        executor = RayExecutor(tiny_zoo.root.parent.parent, recipe.model_dump(), seed=0, workers=2)
+        executor = RayExecutor(tiny_zoo, recipe.model_dump(), seed=0, workers=2)
         got = executor.evaluate(gs)
         counted = executor.counters()  # the workers' work, one configuration each
         executor.close()
         searched = run_search_recipe(  # a whole search through Ray workers reports their work
             SearchRecipe(zoo="tiny", budget=4, population=2, runs=1, validation_limit=16, test_limit=16,
                          surrogate=False, init="random", executor="ray", workers=2),
-            tmp_path / "run", store=ZooStore(tiny_zoo.root.parent.parent),
+            tmp_path / "run", source=tiny_zoo,
         )
     finally:
         ray.shutdown()

@@ -9,7 +9,7 @@ import pytest
 from serve_support import live_server
 
 from modmerge.library import build_library
-from modmerge.reuse import ReuseEngine, RouterConfig, fit_zoo_router
+from modmerge.reuse import ReuseEngine, RouterConfig, fit_router
 from modmerge.search.driver import SearchRecipe, run_search_recipe
 from modmerge.serve import ServeSettings, create_app
 from modmerge.zoo.store import ZooStore
@@ -23,17 +23,17 @@ def built(tiny_zoo, tmp_path_factory):
     store = ZooStore(tiny_zoo.root.parent.parent)
     recipe = SearchRecipe(zoo="tiny", budget=4, population=2, validation_limit=16, test_limit=16,
                           surrogate=False, init="random")
-    run_search_recipe(recipe, root / "run", store=store)
-    router, report = fit_zoo_router(tiny_zoo, RouterConfig.for_zoo(tiny_zoo, epochs=3, per_task=64), test_limit=16)
-    build_library(root / "run", root / "lib", zoo_store=store, router=(router.to_state(), report["config"]))
+    run_search_recipe(recipe, root / "run", source=store.load(recipe.zoo))
+    router, report = fit_router(tiny_zoo, RouterConfig.for_source(tiny_zoo, epochs=3, per_task=64), test_limit=16)
+    build_library(root / "run", root / "lib", source=store.load("tiny"), router=(router.to_state(), report["config"]))
     return root / "lib", store
 
 
 @pytest.mark.slow  # the fixture runs a small search (the test itself takes about a second)
 def test_http_answers_equal_the_engine_and_batch_across_requests(built, tiny_zoo, client):
     lib_dir, store = built  # the library holds no backbone weights: routing features come from the zoo
-    engine = ReuseEngine(lib_dir, budget=float("inf"), zoo_store=store)
-    reference = ReuseEngine(lib_dir, config_id=engine.config.id, zoo_store=store)
+    engine = ReuseEngine(lib_dir, budget=float("inf"), source=store.load("tiny"))
+    reference = ReuseEngine(lib_dir, config_id=engine.config.id, source=store.load("tiny"))
     tasks = tiny_zoo.tasks[:2]
     texts = {t: list(tiny_zoo.task_data(t)["test"]["inputs"][:N]) for t in tasks}
     gate, original = threading.Event(), engine.predict
