@@ -49,3 +49,11 @@ def tiny_zoo(tmp_path_factory):
     from modmerge.zoo.tiny import build_tiny
 
     return build_tiny(ZooStore(tmp_path_factory.mktemp("zoo_store")), seed=0)
+
+
+@pytest.fixture(scope="session")
+def own_suite(tmp_path_factory):
+    """A user's own suite: bare pretrained BERT, BertForSequenceClassification task models, JSONL."""
+    from own_models import build_own_models
+
+    return build_own_models(tmp_path_factory.mktemp("own"))

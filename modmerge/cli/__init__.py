@@ -201,6 +201,30 @@ def zoo_list(cache: Path | None) -> None:
     Console().print(table)
 
 
+@main.group()
+def suite() -> None:
+    """Task suites: your pretrained model, fine-tuned task models and their data files."""
+
+
+@suite.command("check")
+@click.argument("suite_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--allow-pickle", is_flag=True, help="Allow .bin/.pt pickle checkpoints (loaded with weights_only=True).")
+@_friendly
+def suite_check(suite_file: Path, allow_pickle: bool) -> None:
+    """Validate SUITE_FILE before any work: models open and share the pretrained architecture,
+    heads fit their labels, data files parse, named fields exist, labels fit the heads."""
+    from modmerge.tasks.check import check_suite
+
+    rows = check_suite(suite_file, allow_pickle=allow_pickle)
+    table = Table(title=f"{suite_file}: {len(rows)} tasks ok")
+    for col in ("task", "modality", "metric", "labels", "pooling", "splits"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["task"], r["modality"], r["metric"], str(r["labels"]), r["pooling"],
+                      ", ".join(f"{k} {v}" for k, v in r["splits"].items()))
+    Console().print(table)
+
+
 @main.command()
 @click.argument("source_name", metavar="SUITE_OR_ZOO")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)

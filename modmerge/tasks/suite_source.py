@@ -69,6 +69,12 @@ class SuiteSource:
         self._architecture = detect_architecture(self._config, keys)
         self._body_keys = self._common_body_keys(keys)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (to Ray workers) without the data and heads read so far: a worker rereads them."""
+        state = dict(self.__dict__)
+        state.update(_data={}, _heads={}, _entries={})
+        return state
+
     # -- the TaskSource interface -----------------------------------------------------------
     @property
     def name(self) -> str:
