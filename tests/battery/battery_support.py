@@ -52,13 +52,15 @@ def assert_not_written(path: Path) -> None:
         assert leftovers == [], f"half-written leftovers beside {path}: {leftovers}"
 
 
-def spawn(args: Sequence[str | os.PathLike[str]], log: Path) -> subprocess.Popen:
+def spawn(args: Sequence[str | os.PathLike[str]], log: Path, *, code: str | None = None) -> subprocess.Popen:
     """Start ``python -m modmerge ARGS`` as a child process (its output to ``log``), for cases
-    that kill or talk to a real process."""
+    that kill or talk to a real process. ``code`` runs instead of ``-m modmerge`` (``python -c
+    CODE ARGS``), for a child that must be slowed down or instrumented before the CLI starts."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    entry = ["-m", "modmerge"] if code is None else ["-c", code]
     with log.open("wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "modmerge", *map(str, args)], stdout=out,
-                                stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        return subprocess.Popen([sys.executable, *entry, *map(str, args)], stdout=out, stderr=subprocess.STDOUT,
+                                env=env, cwd=REPO)
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
