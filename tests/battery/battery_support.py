@@ -25,7 +25,7 @@ def invoke(args: Sequence[str | os.PathLike[str]]) -> Result:
 
 
 def assert_refused(result: Result, *culprits: str, leaves: Sequence[Path] = ()) -> str:
-    """``result`` is a one-line refusal naming every one of ``culprits``, and none of ``leaves``
+    """``result`` is a refusal in one line (the last) naming every one of ``culprits``, and none of ``leaves``
     (nor a staging sibling of one) exists; return the line.
 
     >>> assert_refused(invoke(["merge", "missing.yaml", "out"]), "missing.yaml")   # doctest: +SKIP
@@ -33,10 +33,12 @@ def assert_refused(result: Result, *culprits: str, leaves: Sequence[Path] = ()) 
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise AssertionError(f"traceback instead of one line: {result.exception!r}\n{result.output}") from result.exception
     assert result.exit_code != 0, result.output
+    assert "Traceback" not in result.output, result.output
+    # a progress bar drawn before the failure may precede the message; nothing may follow it
     lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
-    line = lines[0]
-    assert line.startswith("error: ") and "Traceback" not in line, line
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.output
+    line = errors[0]
     for culprit in culprits:
         assert culprit in line, f"{culprit!r} not named in: {line}"
     for path in leaves:
