@@ -192,12 +192,14 @@ def zoo_list(cache: Path | None) -> None:
     """List the zoos modmerge can build and which are built."""
     from modmerge.zoo.registry import list_zoos
 
-    table = Table(title="zoos")
-    rows = list_zoos(_store(cache))
-    for col in rows[0].keys() if rows else ("name",):
-        table.add_column(str(col))
-    for row in rows:
-        table.add_row(*(str(v) for v in row.values()))
+    store = _store(cache)
+    table = Table(title=f"zoos under {store.root}")
+    for col in ("name", "built", "tasks", "backbone", "size", "description"):
+        table.add_column(col, justify="right" if col in ("tasks", "size") else "left")
+    for row in list_zoos(store):
+        size = f"{row.size_bytes / 2**20:.1f} MiB" if row.size_bytes else "-"
+        table.add_row(row.name, "yes" if row.built else "no", str(row.tasks) if row.built else "-",
+                      row.backbone or "-", size, row.description)
     Console().print(table)
 
 
