@@ -31,8 +31,8 @@ def sound_library(tiny_zoo, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("blob_integrity")
     recipe = SearchRecipe(zoo="tiny", budget=4, population=2, validation_limit=16, test_limit=8, surrogate=False,
                           init="random")
-    run_search_recipe(recipe, root / "run", store=store)
-    return build_library(root / "run", root / "lib", zoo_store=store).root
+    run_search_recipe(recipe, root / "run", source=store.load("tiny"))
+    return build_library(root / "run", root / "lib", source=store.load("tiny")).root
 
 
 @pytest.fixture
