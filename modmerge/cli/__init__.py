@@ -183,6 +183,8 @@ def zoo_build(name: str, cache: Path | None, seed: int) -> None:
     Console().print(table)
     if built.manifest.backbone.self_pretrained:
         click.echo(f"note: the backbone ({built.manifest.backbone.name}) was pretrained inside this project.")
+    if (built.root / "suite" / "suite.yaml").is_file():
+        click.echo(f"as a task suite: {built.root / 'suite' / 'suite.yaml'} (every command that takes a zoo takes it)")
 
 
 @zoo.command("list")

@@ -23,6 +23,7 @@ from rich.progress import Progress
 from modmerge.zoo.assets import AssetStore
 from modmerge.zoo.peft_zoo import build_peft
 from modmerge.zoo.store import Zoo, ZooError, ZooStore
+from modmerge.zoo.suite_export import write_suite
 from modmerge.zoo.text import build_text
 from modmerge.zoo.tiny import build_tiny
 from modmerge.zoo.vision import build_vision
@@ -92,7 +93,8 @@ def build_zoo(
     ``assets`` defaults to ``<store root>/assets``, the same cache the datasets use. ``force``
     deletes the zoo's directory first, for a clean rebuild. The zoo's build lock
     (:meth:`ZooStore.build_lock`) is held throughout, so two processes never write one zoo. A group name (:data:`GROUPS`, e.g.
-    ``peft``) builds each of its zoos in turn and returns the last.
+    ``peft``) builds each of its zoos in turn and returns the last. A text zoo is also written as
+    a task suite, ``<zoo>/suite/suite.yaml`` (:func:`~modmerge.zoo.suite_export.write_suite`).
 
     >>> build_zoo("tiny", ZooStore(tmp_path)).tasks   # doctest: +SKIP
     ['has_animal', 'has_color', 'first_group', 'food_over_tool']
@@ -104,7 +106,10 @@ def build_zoo(
     with store.build_lock(name):  # a concurrent build of the same zoo waits, then finds it built
         if force and store.zoo_dir(name).exists():
             shutil.rmtree(store.zoo_dir(name))
-        return spec.build(store, assets or AssetStore(store.root / "assets"), seed, progress)
+        zoo = spec.build(store, assets or AssetStore(store.root / "assets"), seed, progress)
+        if all(zoo.entry(t).modality == "text" for t in zoo.tasks) and not (zoo.root / "suite" / "suite.yaml").is_file():
+            write_suite(zoo)  # every text zoo is also a task suite (suite/suite.yaml)
+        return zoo
 
 
 def _size(path: Path) -> int:
