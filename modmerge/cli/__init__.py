@@ -67,11 +67,20 @@ def main(verbose: bool) -> None:
 @click.option("--device", default="cpu", show_default=True, help="Where merge arithmetic runs: cpu, cuda, cuda:1, mps.")
 @click.option("--dry-run", is_flag=True, help="Validate the recipe and checkpoints, print the plan, write nothing.")
 @click.option("--stats-json", type=click.Path(dir_okay=False, path_type=Path), help="Also write timing and byte counts as JSON.")
+@click.option("--body-only", is_flag=True,
+              help="With task models that carry heads: write the merged body alone (with the base's pooler) "
+                   "instead of one model per task.")
 @_friendly
 def merge(
-    recipe: Path, out_dir: Path, allow_pickle: bool, overwrite: bool, device: str, dry_run: bool, stats_json: Path | None
+    recipe: Path, out_dir: Path, allow_pickle: bool, overwrite: bool, device: str, dry_run: bool, stats_json: Path | None,
+    body_only: bool,
 ) -> None:
-    """Merge the models of RECIPE (YAML) into a Hugging Face model directory OUT_DIR."""
+    """Merge the models of RECIPE (YAML) into a Hugging Face model directory OUT_DIR.
+
+    Task models saved with their heads (AutoModelFor...Classification directories) over a bare
+    pretrained base are merged body only, the classifier and the pooler staying each task's own:
+    OUT_DIR then holds one loadable model per task, OUT_DIR/<model folder name>/ (the merged body
+    with that task's head, in its own format), or with --body-only the merged body alone."""
     from modmerge.recipes import load_recipe, run_recipe
     from modmerge.recipes.inspect import describe_plan
 
@@ -93,10 +102,13 @@ def merge(
             device=device,
             progress=advance,
             on_total=lambda n: bar.update(task, total=n),
+            body_only=body_only,
         )
     if stats_json is not None:
         stats_json.write_text(json.dumps(result.to_json(), indent=2))
     methods = ", ".join(f"{name} x{count}" for name, count in sorted(result.methods.items()))
+    if result.task_models:
+        methods += f"; one model per task: {', '.join(result.task_models)}"
     click.echo(
         f"wrote {result.out_dir} ({result.tensors} tensors, {result.bytes_written / 2**20:.1f} MiB) "
         f"in {result.seconds:.2f} s; read {result.bytes_read / 2**20:.1f} MiB; methods: {methods}"

@@ -40,6 +40,7 @@ from modmerge.merging.statistics import load_statistics
 from modmerge.recipes.plan import MethodCall, plan_tensors
 from modmerge.recipes.prefetch import prefetch
 from modmerge.recipes.schema import MergeRecipe
+from modmerge.recipes.task_models import body_view, split_task_models, write_task_models
 
 ProgressFn = Callable[[str, int], None]
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -55,6 +56,7 @@ class MergeResult:
     bytes_written: int = 0
     seconds: float = 0.0
     methods: Counter[str] = field(default_factory=Counter)
+    task_models: list[str] = field(default_factory=list)  # per-task model folders, when heads were kept
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -64,6 +66,7 @@ class MergeResult:
             "bytes_written": self.bytes_written,
             "seconds": self.seconds,
             "methods": dict(self.methods),
+            "task_models": self.task_models,
         }
 
 
@@ -202,8 +205,14 @@ def run_recipe(
     device: str = "cpu",
     progress: ProgressFn | None = None,
     on_total: Callable[[int], None] | None = None,
+    body_only: bool = False,
 ) -> MergeResult:
     """Merge the recipe's models into a Hugging Face model directory at ``out_dir``.
+
+    Task models saved with their heads (``AutoModelFor...Classification``) over a bare base are
+    merged body only; ``out_dir`` then holds one loadable model per task (the merged body with the
+    task's own pooler and classifier), or with ``body_only`` the merged body alone
+    (:mod:`modmerge.recipes.task_models`).
 
     Everything that can be checked before writing is checked first (recipe, checkpoints,
     components, statistics); the output appears atomically only when complete.
@@ -217,6 +226,14 @@ def run_recipe(
             stack.enter_context(open_checkpoint(m.model, allow_pickle=allow_pickle, base=base))
             for m in recipe.models
         ]
+        tasks = split_task_models(base, models, component_map_for(recipe, base), [m.model for m in recipe.models])
+        full_base = base
+        if tasks is not None:  # merge the bodies; heads and poolers stay per task
+            models = tasks.bodies()
+            base = body_view(base, tasks.merged_keys)
+            models = [body_view(m, tasks.merged_keys) for m in models]
+        elif body_only:
+            raise RecipeError("body_only: the models are bodies already (no task heads to leave out)")
         validate_checkpoints(base, models)
         plan = plan_tensors(recipe, base.keys(), component_map_for(recipe, base))
         statistics = _load_statistics(recipe, plan)
@@ -244,6 +261,16 @@ def run_recipe(
         )
         source = base if recipe.tokenizer_source == "base" else models[recipe.tokenizer_source]
         config = _output_config(base, models, recipe.dtype)
+        metadata = {"modmerge_recipe": json.dumps(recipe.model_dump(mode="json"))}
+        if tasks is not None:
+            write_task_models(out_dir, stream, specs, tasks, full_base, body_only=body_only, overwrite=overwrite,
+                              metadata=metadata, max_shard_bytes=recipe.max_shard_size,
+                              base_config=_output_config(full_base, [], recipe.dtype), progress=progress)
+            result.tensors = len(specs)
+            result.bytes_written = sum(s.nbytes for s in specs.values())
+            result.seconds = time.perf_counter() - started
+            result.task_models = list(tasks.names)
+            return result
         write_model_directory(
             out_dir,
             stream,
