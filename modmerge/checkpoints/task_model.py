@@ -28,6 +28,9 @@ from modmerge.errors import CompatibilityError
 # What a linear classification head is stored as; other head shapes (RoBERTa's dense + out_proj,
 # DistilBERT's pre_classifier) are refused by name rather than guessed at.
 LINEAR_HEAD = ("classifier.weight", "classifier.bias")
+# Module names transformers gives task heads (AutoModelFor... classes): tensors beside an
+# unprefixed body count as a head only under one of these, so a stray extra tensor is refused.
+HEAD_MODULES = ("classifier.", "pre_classifier.", "score.", "qa_outputs.", "cls.", "lm_head.", "head.", "logits_proj.")
 
 
 class PrefixedView:

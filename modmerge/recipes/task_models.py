@@ -25,6 +25,7 @@ import torch
 
 from modmerge.checkpoints import Checkpoint, TensorInfo, open_checkpoint, write_model_directory
 from modmerge.checkpoints.task_model import (
+    HEAD_MODULES,
     PrefixedView,
     TaskModelParts,
     body_prefix,
@@ -49,9 +50,14 @@ class TaskModels:
 
 
 def _is_task_model(model: Checkpoint, base_keys: Sequence[str]) -> bool:
+    """A body under a prefix (``bert.``), or the base's names plus tensors under a head module
+    (:data:`HEAD_MODULES`); any other extra tensor is left to the ordinary merge to refuse."""
     prefix = body_prefix(model.keys(), base_keys)
-    inside = {prefix + k for k in base_keys}
-    return bool(prefix) or any(k not in inside and not k.endswith("position_ids") for k in model.keys())
+    if prefix:
+        return True
+    inside = set(base_keys)
+    extra = [k for k in model.keys() if k not in inside and not k.endswith("position_ids")]
+    return bool(extra) and all(k.startswith(HEAD_MODULES) for k in extra)
 
 
 def split_task_models(base: Checkpoint, models: Sequence[Checkpoint], cmap: ComponentMap,

@@ -107,7 +107,7 @@ def build_zoo(
         if force and store.zoo_dir(name).exists():
             shutil.rmtree(store.zoo_dir(name))
         zoo = spec.build(store, assets or AssetStore(store.root / "assets"), seed, progress)
-        if all(zoo.entry(t).modality == "text" for t in zoo.tasks) and not (zoo.root / "suite" / "suite.yaml").is_file():
+        if isinstance(zoo, Zoo) and all(zoo.entry(t).modality == "text" for t in zoo.tasks) and not (zoo.root / "suite" / "suite.yaml").is_file():
             write_suite(zoo)  # every text zoo is also a task suite (suite/suite.yaml)
         return zoo
 

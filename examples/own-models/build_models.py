@@ -1,4 +1,4 @@
-"""A user's own models and data, as they have them: a bare pretrained BERT directory, task models
+"""Build a small example of a user's own models and data, as they have them: a bare pretrained BERT directory, task models
 saved by ``BertForSequenceClassification.save_pretrained`` (``bert.`` prefix, pooler, head), JSONL
 split files, and a suite file naming them. Task models are briefly fine-tuned so merges differ
 from the pretrained model in a way the metrics see.
@@ -41,7 +41,7 @@ def build_own_models(root: Path, *, steps: int = 30) -> Path:
     """Write the pretrained dir, task model dirs, JSONL splits and ``suite.yaml`` under ``root``."""
     root.mkdir(parents=True, exist_ok=True)
     base_dir = root / "models" / "base"
-    base_dir.mkdir(parents=True)
+    base_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = _tokenizer(base_dir)
     config = transformers.BertConfig(vocab_size=len(WORDS) + 5, hidden_size=32, num_hidden_layers=2,
                                      num_attention_heads=4, intermediate_size=64, max_position_embeddings=20,
@@ -52,7 +52,7 @@ def build_own_models(root: Path, *, steps: int = 30) -> Path:
     suite = {"pretrained": "models/base", "tasks": {}}
     for t, (task, (_, n_labels)) in enumerate(TASKS.items()):
         data = root / "data" / task
-        data.mkdir(parents=True)
+        data.mkdir(parents=True, exist_ok=True)
         for s, (split, n) in enumerate({"train": 64, "validation": 40, "test": 48}.items()):
             with (data / f"{split}.jsonl").open("w") as fh:
                 for row in _rows(task, n, seed=100 * t + s):
@@ -85,3 +85,10 @@ def _fine_tune(model, tokenizer, rows: list[dict], *, steps: int, seed: int) -> 
         loss.backward()
         optim.step()
     model.eval()
+
+
+if __name__ == "__main__":
+    import sys
+
+    target = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent / "work"
+    print(build_own_models(target))
