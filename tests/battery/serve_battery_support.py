@@ -1,0 +1,89 @@
+"""Helpers of the serve / blob / predict battery: a tiny real library, hostile PNGs, slow sockets."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import socket
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import uvicorn
+
+from modmerge.library import build_library
+from modmerge.search.driver import SearchRecipe, run_search_recipe
+from modmerge.zoo.store import ZooStore
+
+
+def build_tiny_library(tiny_zoo, root: Path) -> Path:
+    """LIB_DIR of a one-run, population-2 search on the ``tiny`` zoo (no router: give tasks)."""
+    store = ZooStore(tiny_zoo.root.parent.parent)
+    recipe = SearchRecipe(zoo="tiny", budget=2, population=2, runs=1, validation_limit=8, test_limit=8,
+                          surrogate=False, init="random")
+    run_search_recipe(recipe, root / "run", store=store)
+    build_library(root / "run", root / "lib", zoo_store=store)
+    return root / "lib"
+
+
+def png(width: int, height: int, *, idat: bytes | None = None) -> bytes:
+    """A greyscale PNG of ``width`` x ``height`` zeros; ``idat`` replaces its compressed pixels
+    (a few bytes give a "header bomb": the size claimed, but nothing behind it)."""
+    if idat is None:
+        rows = zlib.compressobj(9)
+        idat = b"".join([rows.compress(b"\0" * (width + 1)) for _ in range(height)] + [rows.flush()])
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def header_bomb(side: int = 20000) -> bytes:
+    """A 100-byte PNG whose header claims ``side`` x ``side`` pixels."""
+    return png(side, side, idat=zlib.compress(b"\0" * 64))
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+@contextlib.contextmanager
+def running(config: uvicorn.Config, timeout: float = 10.0) -> Iterator[str]:
+    """Run the uvicorn ``config`` (host/port ignored: a free 127.0.0.1 port) in a thread; yields its URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)
+        sock.close()
+        assert not thread.is_alive(), "server did not stop"
+
+
+def seconds_until_closed(sock: socket.socket, limit: float) -> float | None:
+    """Seconds until the peer closes ``sock`` (reads and drops what it sends), or None within ``limit``."""
+    started = time.monotonic()
+    sock.settimeout(0.05)
+    while time.monotonic() - started < limit:
+        try:
+            if sock.recv(4096) == b"":
+                return time.monotonic() - started
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            return time.monotonic() - started
+    return None
