@@ -5,6 +5,11 @@ one ``engine.predict`` call, which groups the combined inputs by expert chain, s
 body runs once for everybody who needs it. The engine runs in a single-thread executor: the event
 loop stays free to accept (or refuse with 503) while a batch computes, and the engine never sees
 two calls at once.
+
+One bad request never fails its batch-mates: an engine with ``prepare`` (see
+:class:`~modmerge.serve.protocol.Engine`) checks and decodes each request's inputs alone first,
+and a request it refuses is answered with its own error; if the batch's engine call still
+fails, whatever the exception, each request is retried alone.
 """
 
 from __future__ import annotations
@@ -13,8 +18,10 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Any
 
 from modmerge.errors import ModmergeError
 from modmerge.serve.protocol import Engine
@@ -33,9 +40,9 @@ class ShuttingDown(Exception):
 
 @dataclass
 class Job:
-    """One request's inputs and the future its handler awaits."""
+    """One request's inputs (as sent, then as the engine prepared them) and the future its handler awaits."""
 
-    inputs: list[dict]
+    inputs: list[Any]
     task: str | None
     future: asyncio.Future[list[dict]] = field(repr=False)
 
@@ -132,7 +139,7 @@ class Batcher:
         return batch
 
     async def _answer(self, batch: list[Job]) -> None:
-        live = [job for job in batch if not job.future.done()]
+        live = await self._prepared([job for job in batch if not job.future.done()])
         if not live:
             return
         n_inputs = sum(len(j.inputs) for j in live)
@@ -147,6 +154,25 @@ class Batcher:
             if group:
                 await self._call(group, isolate_on_error=len(group) > 1)
 
+    async def _prepared(self, jobs: list[Job]) -> list[Job]:
+        """The jobs whose inputs the engine's ``prepare`` accepts, holding the prepared inputs; the
+        others are answered with their own error now (all of them when the engine has no ``prepare``)."""
+        prepare = getattr(self._engine, "prepare", None)
+        if prepare is None or not jobs:
+            return jobs
+        loop = asyncio.get_running_loop()
+        outcomes = await loop.run_in_executor(self._executor, _prepare_each, prepare, [job.inputs for job in jobs])
+        accepted = []
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                if not isinstance(outcome, ModmergeError):
+                    logger.error("engine.prepare failed on a request of %d inputs: %r", len(job.inputs), outcome)
+                self._fail([job], outcome)
+            else:
+                job.inputs = outcome
+                accepted.append(job)
+        return accepted
+
     async def _call(self, group: list[Job], *, isolate_on_error: bool) -> None:
         inputs = [x for job in group for x in job.inputs]
         tasks = None if group[0].task is None else [job.task for job in group for _ in job.inputs]
@@ -156,16 +182,14 @@ class Batcher:
             outputs = await loop.run_in_executor(self._executor, self._engine.predict, inputs, tasks)
             if len(outputs) != len(inputs):
                 raise RuntimeError(f"engine returned {len(outputs)} outputs for {len(inputs)} inputs")
-        except ModmergeError as err:
+        except Exception as err:
             if isolate_on_error:
-                # one request's bad input must not fail its batch-mates: answer each alone
+                # one request's bad input must not fail its batch-mates, whatever it raised: answer each alone
                 for job in group:
                     await self._call([job], isolate_on_error=False)
                 return
-            self._fail(group, err)
-            return
-        except Exception as err:
-            logger.exception("engine.predict failed on %d inputs", len(inputs))
+            if not isinstance(err, ModmergeError):
+                logger.exception("engine.predict failed on %d inputs", len(inputs))
             self._fail(group, err)
             return
         start = 0
@@ -179,3 +203,14 @@ class Batcher:
         for job in group:
             if not job.future.done():
                 job.future.set_exception(err)
+
+
+def _prepare_each(prepare: Callable[[list[Any]], list[Any]], requests: list[list[Any]]) -> list[list[Any] | Exception]:
+    """``prepare`` of each request's inputs, or the exception it raised for that request (runs in the executor)."""
+    outcomes: list[list[Any] | Exception] = []
+    for inputs in requests:
+        try:
+            outcomes.append(prepare(inputs))
+        except Exception as err:  # handed to that request's future by the caller
+            outcomes.append(err)
+    return outcomes

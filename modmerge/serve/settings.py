@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from modmerge.errors import ModmergeError
+from modmerge.image_files import DEFAULT_MAX_IMAGE_PIXELS, decode_bytes_bound
 
 
 class ServeError(ModmergeError):
@@ -20,6 +21,11 @@ class ServeSettings(BaseModel):
     ``queue_size`` counts pending *requests*; a full queue answers 503 at once instead of
     growing. ``max_batch`` caps the inputs of one engine call, so it must hold the largest
     request (``max_inputs``).
+
+    What one request may cost in memory is bounded: its body (``max_body_bytes``, buffered once
+    and parsed), at most ``max_inputs`` inputs, and for images a decode of at most
+    ``max_image_pixels`` pixels at a time (``decode_bytes_bound``: 5 bytes a pixel), since the
+    single engine thread decodes one image after the other, each shrunk to the backbone's size.
 
     Example::
 
@@ -35,6 +41,7 @@ class ServeSettings(BaseModel):
     allow_remote: bool = False
     max_inputs: int = Field(64, ge=1)
     max_body_bytes: int = Field(1 << 20, ge=64)
+    max_image_pixels: int = Field(DEFAULT_MAX_IMAGE_PIXELS, ge=1)
     queue_size: int = Field(64, ge=1)
     batch_window_ms: float = Field(5.0, ge=0.0, le=10_000.0)
     max_batch: int = Field(256, ge=1)
@@ -49,6 +56,11 @@ class ServeSettings(BaseModel):
         if not self.allow_remote and not is_loopback(self.host):
             raise ValueError(f"host {self.host!r} is not a loopback address; pass allow_remote to bind it")
         return self
+
+    @property
+    def decode_bytes_bound(self) -> int:
+        """The most memory decoding one image holds (the engine decodes one at a time)."""
+        return decode_bytes_bound(self.max_image_pixels)
 
     @classmethod
     def parse(cls, **fields: object) -> ServeSettings:

@@ -87,3 +87,46 @@ def seconds_until_closed(sock: socket.socket, limit: float) -> float | None:
         except ConnectionResetError:
             return time.monotonic() - started
     return None
+
+
+def image_engine(backbone_dir: Path, *, max_image_pixels: int | None = None, image_size: int = 28):
+    """A real ReuseEngine over a one-task IMAGE library stub (no weights): its ``prepare`` is the
+    real one; ``predict`` answers each image's mean grey level (x 255) as its label, from the real
+    :func:`~modmerge.reuse.inputs.encode_images`, and records every call in ``engine.calls``."""
+    from types import SimpleNamespace
+
+    import transformers
+
+    from modmerge.reuse import ReuseEngine
+    from modmerge.reuse.inputs import encode_images, parse_input
+
+    transformers.ViTConfig(image_size=image_size, num_channels=1).save_pretrained(backbone_dir)
+    config = SimpleNamespace(id="c0", storage_cost=1.0, validation={"mean": 1.0}, test=None,
+                             chains={"digits": "ch-digits"}, modules=[])
+    task = SimpleNamespace(name="digits", modality="image", metric="accuracy", labels=[], pooling="cls", max_length=0)
+    library = SimpleNamespace(configurations=[config], tasks=[task], backbone_dir=backbone_dir, root=backbone_dir,
+                              select=lambda budget: config)
+    extra = {} if max_image_pixels is None else {"max_image_pixels": max_image_pixels}
+    engine = ReuseEngine(library, config_id="c0", **extra)
+    engine.calls = []
+
+    def predict(inputs, tasks=None):
+        engine.calls.append(list(inputs))
+        raws = [x if not isinstance(x, dict) else parse_input(x, where=f"input {i}") for i, x in enumerate(inputs)]
+        pixels = encode_images(raws, engine.image_size, max_pixels=engine.max_image_pixels)
+        grey = pixels.flatten(1).mean(1) * 0.5 + 0.5  # pixel_values maps [0, 1] to [-1, 1]
+        return [{"task": "digits", "label": round(float(g) * 255), "chain": "ch-digits"} for g in grey.tolist()]
+
+    engine.predict = predict
+    return engine
+
+
+def grey_png(level: int, side: int = 28) -> bytes:
+    """A ``side`` x ``side`` PNG of one grey ``level`` (0-255)."""
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("L", (side, side), level).save(out, format="PNG")
+    return out.getvalue()
