@@ -130,3 +130,16 @@ def grey_png(level: int, side: int = 28) -> bytes:
     out = io.BytesIO()
     Image.new("L", (side, side), level).save(out, format="PNG")
     return out.getvalue()
+
+
+class FakeTextEngine:
+    """A text engine that labels each text by its length (one task ``a``)."""
+
+    def __init__(self) -> None:
+        self.config = {"id": "c1", "chains": {"a": "ch-a"}}
+
+    def predict(self, inputs: list[dict], tasks: list[str] | None = None) -> list[dict]:
+        return [{"task": "a", "label": len(x["text"]), "chain": "ch-a"} for x in inputs]
+
+    def configs(self) -> list[dict]:
+        return []
