@@ -12,6 +12,8 @@ from typing import Any
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
+# how much of an oversized body is read (and dropped) so that its client can read the 413
+DRAIN_FACTOR = 4
 
 
 class BodyLimit:
@@ -19,7 +21,10 @@ class BodyLimit:
     408 when all of it has not arrived within ``timeout_s`` (a slow client holds no worker long).
 
     The (bounded) body is buffered and replayed to the app, so a chunked upload without a
-    Content-Length cannot slip past the limit either.
+    Content-Length cannot slip past the limit either. The rest of an oversized body, up to
+    ``DRAIN_FACTOR`` x ``max_bytes`` and within ``timeout_s``, is read and dropped before the
+    413: a server that closes while a client still sends makes the client's kernel reset the
+    connection, and the client never reads its 413.
 
     Example::
 
@@ -42,23 +47,32 @@ class BodyLimit:
             except ValueError:
                 await _reply(send, 400, f"Content-Length: not a number ({declared[:32]!r})")
                 return
-            if size > self.max_bytes:
-                await _reply(send, 413, self._message(size))
-                return
-        chunks, total = [], 0
         loop = asyncio.get_running_loop()
         deadline = None if self.timeout_s is None else loop.time() + self.timeout_s
-        while True:
+
+        async def next_message() -> Message | None:
+            """The next message; None (a 408 sent) when the body is too slow."""
             try:
-                message = await asyncio.wait_for(receive(), None if deadline is None else deadline - loop.time())
+                return await asyncio.wait_for(receive(), None if deadline is None else deadline - loop.time())
             except TimeoutError:
                 await _reply(send, 408, f"request body: not all of it arrived within {self.timeout_s:g} s (body_timeout_s)")
+                return None
+
+        if declared is not None and size > self.max_bytes:
+            if size <= DRAIN_FACTOR * self.max_bytes and not await self._drain(next_message, 0):
                 return
-            if message["type"] == "http.disconnect":
+            await _reply(send, 413, self._message(size))
+            return
+        chunks, total = [], 0
+        while True:
+            message = await next_message()
+            if message is None or message["type"] == "http.disconnect":
                 return
             chunk = message.get("body", b"")
             total += len(chunk)
             if total > self.max_bytes:
+                if message.get("more_body", False) and not await self._drain(next_message, total):
+                    return
                 await _reply(send, 413, self._message(total, streamed=True))
                 return
             chunks.append(chunk)
@@ -74,6 +88,18 @@ class BodyLimit:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    async def _drain(self, next_message: Any, total: int) -> bool:
+        """Read and drop the body until it ends or DRAIN_FACTOR x max_bytes have come; False when
+        there is no one left to answer (a 408 was sent, or the client left)."""
+        while total <= DRAIN_FACTOR * self.max_bytes:
+            message = await next_message()
+            if message is None or message["type"] == "http.disconnect":
+                return False
+            total += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        return True
 
     def _message(self, size: int, streamed: bool = False) -> str:
         got = f"more than {self.max_bytes} bytes arrived" if streamed else f"{size} bytes"
