@@ -57,25 +57,34 @@ def decode_greyscale(source: str | Path | bytes, size: tuple[int, int], *, max_p
     uploaded = isinstance(source, bytes)
     what = f"image_b64 ({len(source)} bytes)" if uploaded else f"image {source}"
     try:
-        with (io.BytesIO(source) if uploaded else open_regular(source)) as f, Image.open(f) as img:
-            width, height = img.size  # read from the header: nothing is decompressed yet
-            if width * height > max_pixels:
-                raise ImageFileError(f"{what} is {width} x {height} pixels, over the limit of {max_pixels} pixels "
-                                     "(max_image_pixels)")
-            return resized(img.convert("L"), size)
+        return _decode(source, size, what=what, max_pixels=max_pixels)
     except Image.DecompressionBombError:  # PIL's own ceiling (2 x MAX_IMAGE_PIXELS), checked in open()
         ceiling = 2 * (Image.MAX_IMAGE_PIXELS or 0)
         limit = f"the limit of {max_pixels} pixels (max_image_pixels)" if max_pixels <= ceiling else (
             f"PIL's limit of {ceiling} pixels")
-        raise ImageFileError(f"{what} is over {limit}") from None
+        problem = f"{what} is over {limit}"
     except FileNotFoundError:
-        raise ImageFileError(f"image file {source} not found") from None
+        problem = f"image file {source} not found"
     except UnsafeFileError as err:
-        raise ImageFileError(f"image {source} is not a regular file ({err})") from None
+        problem = f"image {source} is not a regular file ({err})"
     except _DECODE_ERRORS as err:
-        if uploaded:
-            raise ImageFileError(f"image_b64 holds no readable image ({len(source)} bytes)") from None
-        raise ImageFileError(f"cannot read image {source} ({type(err).__name__})") from None
+        problem = (f"image_b64 holds no readable image ({len(source)} bytes)" if uploaded
+                   else f"cannot read image {source} ({type(err).__name__})")
+    # raised after the except clauses, not in them: raising there keeps the caught error bound in
+    # this frame, a cycle (frame -> error -> traceback -> frame) that holds the file's bytes until
+    # a full garbage collection; under a stream of bombs that is hundreds of MiB
+    raise ImageFileError(problem)
+
+
+def _decode(source: str | Path | bytes, size: tuple[int, int], *, what: str, max_pixels: int) -> Any:
+    from PIL import Image
+
+    with (io.BytesIO(source) if isinstance(source, bytes) else open_regular(source)) as f, Image.open(f) as img:
+        width, height = img.size  # read from the header: nothing is decompressed yet
+        if width * height > max_pixels:
+            raise ImageFileError(f"{what} is {width} x {height} pixels, over the limit of {max_pixels} pixels "
+                                 "(max_image_pixels)")
+        return resized(img.convert("L"), size)
 
 
 def resized(img: Any, size: tuple[int, int]) -> Any:

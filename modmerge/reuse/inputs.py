@@ -133,10 +133,13 @@ def load_image(value: Any, size: tuple[int, int], *, where: str, max_pixels: int
     from PIL import Image
 
     if isinstance(value, str | Path | bytes):
+        problem = None
         try:
             array = np.asarray(decode_greyscale(value, size, max_pixels=max_pixels))
         except ImageFileError as err:
-            raise InputError(f"{where}: {err}") from None
+            problem = f"{where}: {err}"
+        if problem is not None:  # raised outside the except: see modmerge.image_files.decode_greyscale
+            raise InputError(problem)
     else:
         array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
         array = np.squeeze(array)

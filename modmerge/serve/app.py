@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException
 
 from modmerge.errors import ModmergeError
 from modmerge.regular_files import open_regular
-from modmerge.serve.batcher import Batcher, QueueFull, ShuttingDown
+from modmerge.serve.batcher import Batcher, Failed, QueueFull, ShuttingDown
 from modmerge.serve.limits import BearerAuth, BodyLimit
 from modmerge.serve.protocol import Engine, config_id, engine_tasks
 from modmerge.serve.schema import (
@@ -112,16 +112,12 @@ def create_app(engine: Engine, settings: ServeSettings) -> FastAPI:
         except QueueFull as err:
             raise HTTPException(503, str(err), headers={"Retry-After": "1"}) from None
         try:
-            outputs = await asyncio.wait_for(future, settings.request_timeout_s)
+            answer = await asyncio.wait_for(future, settings.request_timeout_s)
         except TimeoutError:
             raise HTTPException(504, f"no answer within {settings.request_timeout_s:g} s (request_timeout_s)") from None
-        except ShuttingDown as err:
-            raise HTTPException(503, str(err)) from None
-        except ModmergeError as err:
-            raise HTTPException(400, str(err)) from None
-        except Exception as err:
-            raise HTTPException(500, f"engine failed: {type(err).__name__}: {err}") from None
-        return PredictResponse(config=config_id(engine), outputs=outputs)  # type: ignore[arg-type]
+        if isinstance(answer, Failed):
+            raise _refusal(answer.error)
+        return PredictResponse(config=config_id(engine), outputs=answer)  # type: ignore[arg-type]
 
     @app.get("/healthz", response_model=Health)
     async def healthz(request: Request) -> Health:
@@ -145,6 +141,14 @@ def create_app(engine: Engine, settings: ServeSettings) -> FastAPI:
     if settings.token is not None:  # added last, so it runs first: no body is read for a stranger
         app.add_middleware(BearerAuth, token=settings.token.get_secret_value(), open_paths=("/healthz",))
     return app
+
+
+def _refusal(err: Exception) -> HTTPException:
+    if isinstance(err, ShuttingDown):
+        return HTTPException(503, str(err))
+    if isinstance(err, ModmergeError):
+        return HTTPException(400, str(err))
+    return HTTPException(500, f"engine failed: {type(err).__name__}: {err}")
 
 
 def readable_image_path(index: int, path: str, settings: ServeSettings) -> str:

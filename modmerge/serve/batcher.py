@@ -10,6 +10,11 @@ One bad request never fails its batch-mates: an engine with ``prepare`` (see
 :class:`~modmerge.serve.protocol.Engine`) checks and decodes each request's inputs alone first,
 and a request it refuses is answered with its own error; if the batch's engine call still
 fails, whatever the exception, each request is retried alone.
+
+A request's future resolves to its outputs or to a :class:`Failed` holding its error (its
+traceback dropped); it never raises. An exception raised out of a future carries the frames it
+passed through, and those frames hold the future: a reference cycle that would keep every
+failed request's body (a 500 KiB image bomb, three copies of it) alive until a full GC.
 """
 
 from __future__ import annotations
@@ -38,13 +43,20 @@ class ShuttingDown(Exception):
     """The service stopped before this request was answered."""
 
 
+@dataclass(frozen=True)
+class Failed:
+    """What a refused or failed request's future resolves to: the error to answer with."""
+
+    error: Exception
+
+
 @dataclass
 class Job:
     """One request's inputs (as sent, then as the engine prepared them) and the future its handler awaits."""
 
     inputs: list[Any]
     task: str | None
-    future: asyncio.Future[list[dict]] = field(repr=False)
+    future: asyncio.Future[list[dict] | Failed] = field(repr=False)
 
 
 class Batcher:
@@ -87,10 +99,11 @@ class Batcher:
             pending.append(self._queue.get_nowait())
         for job in pending:
             if not job.future.done():
-                job.future.set_exception(ShuttingDown("the service is shutting down"))
+                job.future.set_result(Failed(ShuttingDown("the service is shutting down")))
 
-    def submit(self, inputs: list[dict], task: str | None) -> asyncio.Future[list[dict]]:
-        """Queue one request; raises :class:`QueueFull` at once when the queue is full."""
+    def submit(self, inputs: list[dict], task: str | None) -> asyncio.Future[list[dict] | Failed]:
+        """Queue one request; raises :class:`QueueFull` at once when the queue is full. The future
+        resolves to the request's outputs, or to :class:`Failed`."""
         assert self._queue is not None, "Batcher.start() was not called"
         job = Job(inputs, task, asyncio.get_running_loop().create_future())
         try:
@@ -162,6 +175,7 @@ class Batcher:
             return jobs
         loop = asyncio.get_running_loop()
         outcomes = await loop.run_in_executor(self._executor, _prepare_each, prepare, [job.inputs for job in jobs])
+        # each job's own outcome only: the list would tie its errors' tracebacks into a cycle
         accepted = []
         for job, outcome in zip(jobs, outcomes, strict=True):
             if isinstance(outcome, Exception):
@@ -200,17 +214,26 @@ class Batcher:
 
     def _fail(self, group: list[Job], err: Exception) -> None:
         self.stats.failed += len(group)
+        failed = Failed(_bare(err))
         for job in group:
             if not job.future.done():
-                job.future.set_exception(err)
+                job.future.set_result(failed)
 
 
 def _prepare_each(prepare: Callable[[list[Any]], list[Any]], requests: list[list[Any]]) -> list[list[Any] | Exception]:
     """``prepare`` of each request's inputs, or the exception it raised for that request (runs in the executor)."""
-    outcomes: list[list[Any] | Exception] = []
-    for inputs in requests:
-        try:
-            outcomes.append(prepare(inputs))
-        except Exception as err:  # handed to that request's future by the caller
-            outcomes.append(err)
-    return outcomes
+    return [_attempt(prepare, inputs) for inputs in requests]
+
+
+def _attempt(prepare: Callable[[list[Any]], list[Any]], inputs: list[Any]) -> list[Any] | Exception:
+    try:
+        return prepare(inputs)
+    except Exception as err:  # handed to this request's future by the caller
+        return _bare(err)
+
+
+def _bare(err: Exception) -> Exception:
+    """``err`` without its traceback and chained errors, whose frames hold the batch's futures and
+    inputs (a cycle back to ``err``); what a request is answered with is its one line."""
+    err.__context__ = err.__cause__ = None
+    return err.with_traceback(None)
