@@ -190,3 +190,26 @@ def test_refused_bombs_leave_no_cycles_holding_their_bodies(tmp_path, client):
         frames, big = cyclic_garbage_after(send)
     assert frames == 0
     assert len(big) <= 5 and all(len(upload) <= n < len(upload) + 100 for n in big)  # the body's text, once
+
+
+def test_serve_passes_max_image_pixels_to_the_engine(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import modmerge.library
+    import modmerge.reuse
+    from modmerge.cli import main
+
+    seen = {}
+
+    def fake_engine(library, **kwargs):
+        seen.update(kwargs)
+        raise ModmergeError("stopped after the engine was configured")
+
+    monkeypatch.setattr(modmerge.reuse, "ReuseEngine", fake_engine)
+    monkeypatch.setattr(modmerge.library.Library, "open", classmethod(lambda cls, path: None))
+    args = ["serve", str(tmp_path), "--config", "c0"]
+    result = CliRunner().invoke(main, [*args, "--max-image-pixels", "4321"], env={"MODMERGE_TOKEN": ""})
+    assert result.exit_code == 2 and "stopped after the engine was configured" in result.output
+    assert seen["max_image_pixels"] == 4321
+    refused = CliRunner().invoke(main, [*args, "--max-image-pixels", "0"])
+    assert refused.exit_code == 2 and "--max-image-pixels" in refused.output
