@@ -21,11 +21,11 @@ from modmerge.zoo.store import ZooStore
 
 def build_tiny_library(tiny_zoo, root: Path) -> Path:
     """LIB_DIR of a one-run, population-2 search on the ``tiny`` zoo (no router: give tasks)."""
-    store = ZooStore(tiny_zoo.root.parent.parent)
+    source = ZooStore(tiny_zoo.root.parent.parent).load("tiny")
     recipe = SearchRecipe(zoo="tiny", budget=2, population=2, runs=1, validation_limit=8, test_limit=8,
                           surrogate=False, init="random")
-    run_search_recipe(recipe, root / "run", store=store)
-    build_library(root / "run", root / "lib", zoo_store=store)
+    run_search_recipe(recipe, root / "run", source=source)
+    build_library(root / "run", root / "lib", source=source)
     return root / "lib"
 
 

@@ -73,6 +73,7 @@ def test_predict_passes_max_image_pixels_to_the_engine(tmp_path, monkeypatch):
 
     monkeypatch.setattr(engine_module, "ReuseEngine", fake_engine)
     monkeypatch.setattr("modmerge.cli.reuse._open_library", lambda lib_dir: None)
+    monkeypatch.setattr("modmerge.cli.reuse.library_source", lambda lib, cache: None)
     (tmp_path / "in.jsonl").write_text('{"text": "x"}\n')
     args = ["predict", str(tmp_path), "--config", "c0", "--input", str(tmp_path / "in.jsonl"),
             "--output", str(tmp_path / "out.jsonl")]

@@ -195,6 +195,7 @@ def test_refused_bombs_leave_no_cycles_holding_their_bodies(tmp_path, client):
 def test_serve_passes_max_image_pixels_to_the_engine(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
+    import modmerge.cli.reuse
     import modmerge.library
     import modmerge.reuse
     from modmerge.cli import main
@@ -207,6 +208,7 @@ def test_serve_passes_max_image_pixels_to_the_engine(tmp_path, monkeypatch):
 
     monkeypatch.setattr(modmerge.reuse, "ReuseEngine", fake_engine)
     monkeypatch.setattr(modmerge.library.Library, "open", classmethod(lambda cls, path: None))
+    monkeypatch.setattr(modmerge.cli.reuse, "library_source", lambda lib, cache: None)
     args = ["serve", str(tmp_path), "--config", "c0"]
     result = CliRunner().invoke(main, [*args, "--max-image-pixels", "4321"], env={"MODMERGE_TOKEN": ""})
     assert result.exit_code == 2 and "stopped after the engine was configured" in result.output
