@@ -9,7 +9,15 @@ and at its peak (sampled every 0.5 s), so growth under load is visible.
 Inputs come from a JSON-lines file (``{"text": ...}`` or ``{"image": "path"}`` per line, an
 optional ``"task"``) or, by default, the test split of the library's zoo (text zoos).
 
+``--bad-fraction 0.2`` mixes hostile requests into the load (each request is bad with that
+probability, the kinds in turn): malformed JSON, an unknown field, too many inputs, a body over
+the limit, image bombs (a 20000 x 20000 and a 12000 x 12000 PNG, under the body limit) and a
+broken image. It then reports, each beside its goal: errors among the GOOD requests (goal 0),
+their p50/p99, bad requests answered other than with their 4xx, and the server's RSS before and
+after the load (goal: within 10%). ``$MODMERGE_TOKEN``, when set, is sent as the bearer token.
+
     .venv/bin/python benchmarks/serve_load.py LIB_DIR --budget 0.5 --clients 8 --duration 30
+    .venv/bin/python benchmarks/serve_load.py LIB_DIR --budget 0.5 --duration 20 --bad-fraction 0.2
     .venv/bin/python benchmarks/serve_load.py --url http://127.0.0.1:8000 --pid 1234 --inputs x.jsonl
 """
 
@@ -17,14 +25,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
+import itertools
 import json
+import os
 import random
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 import httpx
@@ -67,7 +80,8 @@ def start_server(args: argparse.Namespace, log: Path) -> tuple[subprocess.Popen,
     port = free_port()
     choice = ["--budget", str(args.budget)] if args.budget is not None else ["--config", args.config or "c0"]
     cmd = [sys.executable, "-m", "modmerge.cli", "serve", str(args.lib_dir), *choice, "--port", str(port),
-           "--max-inputs", str(max(args.batch, 64)), "--queue-size", str(args.queue_size),
+           "--max-inputs", str(max_inputs(args)), "--max-body-bytes", str(args.max_body_bytes),
+           "--queue-size", str(args.queue_size),
            *(["--cache", args.cache] if args.cache else []), *args.server_arg]
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -84,6 +98,44 @@ def start_server(args: argparse.Namespace, log: Path) -> tuple[subprocess.Popen,
             proc.kill()
             sys.exit(f"error: the server did not answer /healthz within {args.start_timeout} s")
         time.sleep(0.2)
+
+
+def max_inputs(args: argparse.Namespace) -> int:
+    return max(args.batch, 64)
+
+
+def png_of_zeros(width: int, height: int) -> bytes:
+    """A greyscale PNG of zeros, compressed row by row (never held whole): a decompression bomb."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = zlib.compressobj(9)
+    idat = b"".join([rows.compress(b"\0" * (width + 1)) for _ in range(height)] + [rows.flush()])
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def bad_requests(args: argparse.Namespace) -> list[tuple[str, bytes, int]]:
+    """(kind, body bytes, the status it must get) of every hostile request the load mixes in."""
+    def js(payload: dict) -> bytes:
+        return json.dumps(payload).encode()
+
+    def image(data: bytes) -> bytes:
+        return js({"inputs": [{"image_b64": base64.b64encode(data).decode()}]})
+
+    bombs = [("bomb_20000x20000", image(png_of_zeros(20000, 20000)), 400),
+             ("bomb_12000x12000", image(png_of_zeros(12000, 12000)), 400)]
+    for kind, data, _ in bombs:
+        if len(data) > args.max_body_bytes:
+            sys.exit(f"error: the {kind} body ({len(data)} bytes) is over --max-body-bytes {args.max_body_bytes}")
+    return [
+        ("malformed_json", b'{"inputs": [{"text": "unfinished', 422),
+        ("unknown_field", js({"inputs": [{"txt": "a field the API lacks"}]}), 422),
+        ("too_many_inputs", js({"inputs": [{"text": "x"}] * (max_inputs(args) + 1)}), 413),
+        ("oversized_body", js({"inputs": [{"text": "x" * (args.max_body_bytes + 1024)}]}), 413),
+        *bombs,
+        ("broken_image", image(b"\x89PNG\r\n\x1a\n" + os.urandom(2048)), 400),
+    ]
 
 
 def body(rows: list[dict], oracle: bool) -> dict:
@@ -103,9 +155,13 @@ def draw(pool: list[dict], n: int, rng: random.Random, oracle: bool) -> list[dic
 
 
 async def client(http: httpx.AsyncClient, url: str, pool: list[dict], args: argparse.Namespace, seed: int,
-                 end: float, latencies: list[float], statuses: dict[str, int], sent: list[int]) -> None:
+                 end: float, latencies: list[float], statuses: dict[str, int], sent: list[int],
+                 bad: Bad) -> None:
     rng = random.Random(seed)
     while time.monotonic() < end:
+        if bad.kinds and rng.random() < args.bad_fraction:
+            await bad.send(http, url)
+            continue
         rows = draw(pool, args.batch, rng, args.oracle)
         started = time.perf_counter()
         try:
@@ -119,6 +175,26 @@ async def client(http: httpx.AsyncClient, url: str, pool: list[dict], args: argp
             sent[0] += len(rows)
 
 
+class Bad:
+    """The hostile requests, sent in turn; counts each kind's answers and the wrong ones."""
+
+    def __init__(self, kinds: list[tuple[str, bytes, int]]) -> None:
+        self.kinds = kinds
+        self._next = itertools.cycle(kinds)
+        self.answers: dict[str, dict[str, int]] = {kind: {} for kind, _, _ in kinds}
+        self.wrong = 0
+
+    async def send(self, http: httpx.AsyncClient, url: str) -> None:
+        kind, content, expected = next(self._next)
+        try:
+            r = await http.post(f"{url}/v1/predict", content=content, headers={"content-type": "application/json"})
+            key = str(r.status_code)
+        except httpx.HTTPError as err:
+            key = type(err).__name__
+        self.answers[kind][key] = self.answers[kind].get(key, 0) + 1
+        self.wrong += key != str(expected)
+
+
 async def sample_rss(pid: int | None, samples: list[int], stop: asyncio.Event) -> None:
     if pid is None:
         return
@@ -129,9 +205,12 @@ async def sample_rss(pid: int | None, samples: list[int], stop: asyncio.Event) -
             await asyncio.wait_for(stop.wait(), 0.5)
 
 
-async def load(url: str, pool: list[dict], args: argparse.Namespace, pid: int | None) -> dict:
+async def load(url: str, pool: list[dict], args: argparse.Namespace, pid: int | None,
+               bad: Bad) -> dict:
     limits = httpx.Limits(max_connections=args.clients, max_keepalive_connections=args.clients)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as http:
+    token = os.environ.get("MODMERGE_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with httpx.AsyncClient(timeout=60, limits=limits, headers=headers) as http:
         # warm-up: every task's chain assembled once, so the timed part measures steady state
         tasks = sorted({r.get("task") for r in pool}, key=str)
         for task in tasks * args.warmup:
@@ -148,7 +227,7 @@ async def load(url: str, pool: list[dict], args: argparse.Namespace, pid: int | 
         sent = [0]
         started = time.monotonic()
         end = started + args.duration
-        await asyncio.gather(*(client(http, url, pool, args, 1000 + i, end, latencies, statuses, sent)
+        await asyncio.gather(*(client(http, url, pool, args, 1000 + i, end, latencies, statuses, sent, bad)
                                for i in range(args.clients)))
         elapsed = time.monotonic() - started
         stop.set()
@@ -163,6 +242,11 @@ async def load(url: str, pool: list[dict], args: argparse.Namespace, pid: int | 
         "statuses": statuses, "requests_per_s": round(ok / elapsed, 1), "inputs_per_s": round(sent[0] / elapsed, 1),
         "latency_ms": {"p50": round(float(np.percentile(lat, 50)), 1), "p99": round(float(np.percentile(lat, 99)), 1),
                        "max": round(float(lat.max()), 1)},
+        "bad_fraction": args.bad_fraction if bad.kinds else 0.0,
+        "bad_requests": sum(sum(v.values()) for v in bad.answers.values()),
+        "bad_answered_wrongly": bad.wrong,
+        "bad_statuses": {kind: dict(v) for kind, v in bad.answers.items()},
+        "bad_expected": {kind: expected for kind, _, expected in bad.kinds},
         "server_batches": batches,
         "server_inputs_per_batch": round((after["inputs"] - before["inputs"]) / batches, 2) if batches else None,
         "server_requests_per_batch": round((after["requests"] - before["requests"]) / batches, 2) if batches else None,
@@ -191,7 +275,32 @@ def report(result: dict) -> str:
     if rss:
         lines.append(f"  server RSS MiB: start {rss['start']}  end {rss['end']}  peak {rss['peak']}  "
                      f"growth {rss['growth']} (second half {rss['growth_second_half']}; {rss['samples']} samples)")
+    if result["bad_fraction"]:
+        lines += bad_report(result)
     return "\n".join(lines)
+
+
+def bad_report(result: dict) -> list[str]:
+    """The bad-request mode's figures, each beside its goal."""
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "MISSED"
+
+    rss = result["rss_mib"]
+    good_errors = result["errors"]
+    lines = [f"  mixed load: {result['bad_requests']} bad requests ({100 * result['bad_fraction']:.0f}% asked) "
+             f"beside {result['requests_ok'] + good_errors} good ones",
+             f"    good requests' errors      {good_errors:>8}   goal 0            {verdict(good_errors == 0)}",
+             f"    good requests' p50 / p99   {result['latency_ms']['p50']} / {result['latency_ms']['p99']} ms   "
+             "goal: reported",
+             f"    bad requests answered otherwise than their 4xx {result['bad_answered_wrongly']}   goal 0   "
+             f"{verdict(result['bad_answered_wrongly'] == 0)}"]
+    if rss:
+        change = (rss["end"] - rss["start"]) / rss["start"]
+        lines.append(f"    server RSS before / after  {rss['start']} / {rss['end']} MiB ({100 * change:+.1f}%)   "
+                     f"goal within 10%   {verdict(abs(change) <= 0.10)}")
+    for kind, answers in result["bad_statuses"].items():
+        lines.append(f"    {kind:<20} expected {result['bad_expected'][kind]}, got {answers}")
+    return lines
 
 
 def main() -> None:
@@ -211,6 +320,9 @@ def main() -> None:
     p.add_argument("--per-task", type=int, default=200, help="Test inputs taken per task.")
     p.add_argument("--warmup", type=int, default=2, help="Warm-up requests per task.")
     p.add_argument("--queue-size", type=int, default=64)
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="The server's body limit (what it is started with).")
+    p.add_argument("--bad-fraction", type=float, default=0.0,
+                   help="Share of requests that are hostile (malformed, oversized, image bombs), e.g. 0.2.")
     p.add_argument("--start-timeout", type=float, default=180.0)
     p.add_argument("--server-arg", action="append", default=[], help="Extra `modmerge serve` argument (repeat).")
     p.add_argument("--json", help="Also write the figures here.")
@@ -218,6 +330,9 @@ def main() -> None:
     if (args.lib_dir is None) == (args.url is None):
         sys.exit("error: give LIB_DIR or --url")
     pool = load_inputs(args)
+    if not 0.0 <= args.bad_fraction < 1.0:
+        sys.exit("error: --bad-fraction must be in [0, 1)")
+    bad = Bad(bad_requests(args) if args.bad_fraction else [])
     proc = None
     with tempfile.TemporaryDirectory() as tmp:
         if args.url:
@@ -226,7 +341,7 @@ def main() -> None:
             proc, url = start_server(args, Path(tmp) / "server.log")
             pid = proc.pid
         try:
-            result = asyncio.run(load(url, pool, args, pid))
+            result = asyncio.run(load(url, pool, args, pid, bad))
         finally:
             if proc is not None:
                 proc.terminate()  # uvicorn shuts down gracefully on SIGTERM

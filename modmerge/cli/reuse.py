@@ -13,6 +13,7 @@ import click
 from modmerge.atomic import write_json, write_text
 from modmerge.cli import _friendly, _task_progress, err_console, main
 from modmerge.errors import ModmergeError
+from modmerge.image_files import DEFAULT_MAX_IMAGE_PIXELS
 
 _LIB = click.argument("lib_dir", type=click.Path(file_okay=False, path_type=Path))
 _ZOO_CACHE = click.option(
@@ -47,11 +48,14 @@ def library_source(lib: Any, cache: Path | None) -> Any:
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--batch-size", type=int, default=None, help="Examples per body forward (default: 128 text, 256 image).")
 @click.option("--cache-bytes", type=int, default=1 << 30, show_default=True, help="Bound on assembled bodies kept.")
+@click.option("--max-image-pixels", type=click.IntRange(1), default=DEFAULT_MAX_IMAGE_PIXELS, show_default=True,
+              help="Image files with more pixels are refused before they are decoded.")
 @_ZOO_CACHE
 @_friendly
 def predict(
     lib_dir: Path, budget: float | None, config_id: str | None, input_path: Path, output_path: Path,
-    task: str | None, device: str, batch_size: int | None, cache_bytes: int, cache: Path | None,
+    task: str | None, device: str, batch_size: int | None, cache_bytes: int, max_image_pixels: int,
+    cache: Path | None,
 ) -> None:
     """Route every input of --input to its task's expert chain and write one prediction per line."""
     from modmerge.reuse.engine import ReuseEngine
@@ -62,7 +66,7 @@ def predict(
     raws = read_jsonl(input_path)
     lib = _open_library(lib_dir)
     engine = ReuseEngine(lib, budget=budget, config_id=config_id, device=device, cache_bytes=cache_bytes,
-                         batch_size=batch_size, source=library_source(lib, cache))
+                         batch_size=batch_size, source=library_source(lib, cache), max_image_pixels=max_image_pixels)
     started = time.perf_counter()
     with _task_progress() as bar:
         job = bar.add_task(f"predict ({engine.config.id})", total=len(raws))

@@ -1,7 +1,9 @@
 """Content-addressed safetensors blobs: ``blobs/<sha256 of the file bytes>.safetensors``.
 
 A blob's name is its checksum, so equal content is stored once and any change to the bytes
-(tampering, truncation, a bad disk) is caught before a tensor is decoded.
+(tampering, truncation, a bad disk) is caught before a tensor is decoded. Only a regular file
+inside ``blobs/`` is read, and only once its size matches the manifest's: a blob that is a FIFO,
+a device or a symlink leading out of the library is refused before a byte is read.
 
 >>> h, n = write_blob(Path("lib/blobs"), {"w": torch.ones(2)})  # doctest: +SKIP
 >>> read_blob(Path("lib/blobs"), h)["w"]  # doctest: +SKIP
@@ -11,6 +13,7 @@ tensor([1., 1.])
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -19,12 +22,16 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 
 from modmerge.atomic import write_bytes
-from modmerge.library.manifest import LibraryError
+from modmerge.library.manifest import BLOB_NAME, LibraryError
+from modmerge.regular_files import FileSizeError, UnsafeFileError, open_regular, read_regular
 
 SUFFIX = ".safetensors"
 
 
 def blob_path(blobs_dir: Path, digest: str) -> Path:
+    """``blobs_dir/<digest>.safetensors``; LibraryError for a name that is not a sha256 hex digest."""
+    if not BLOB_NAME.fullmatch(digest):
+        raise LibraryError(f"{blobs_dir}: blob name {digest[:80]!r} is not a sha256 hex digest")
     return Path(blobs_dir) / f"{digest}{SUFFIX}"
 
 
@@ -45,15 +52,22 @@ def write_blob(blobs_dir: Path, state: Mapping[str, torch.Tensor]) -> tuple[str,
     return digest, len(data)
 
 
-def read_blob(blobs_dir: Path, digest: str, *, verified: set[str] | None = None) -> dict[str, torch.Tensor]:
+def read_blob(
+    blobs_dir: Path, digest: str, *, size: int | None = None, verified: set[str] | None = None,
+) -> dict[str, torch.Tensor]:
     """The tensors of blob ``digest``, its sha256 checked first (skipped if ``digest`` is in
-    ``verified``, which the check then updates). LibraryError names a missing or corrupt blob.
+    ``verified``, which the check then updates). ``size`` (the manifest's) is checked before
+    anything is read. LibraryError names a missing, special, wrongly sized or corrupt blob.
 
-    >>> read_blob(Path("lib/blobs"), "5d1c...", verified=set())  # doctest: +SKIP
+    >>> read_blob(Path("lib/blobs"), "5d1c...", size=88, verified=set())  # doctest: +SKIP
     """
     path = blob_path(blobs_dir, digest)
     try:
-        data = path.read_bytes()
+        data = read_regular(path, root=blobs_dir, size=size)
+    except FileSizeError as err:
+        raise LibraryError(_wrong_size(path, err.size, size)) from None
+    except UnsafeFileError as err:
+        raise LibraryError(f"{path}: blob is not a regular file inside the library ({err})") from None
     except FileNotFoundError:
         raise LibraryError(f"{path}: blob is missing") from None
     except OSError as err:
@@ -75,16 +89,27 @@ def check_blob(blobs_dir: Path, digest: str, size: int | None = None) -> str | N
 
     >>> check_blob(Path("lib/blobs"), "5d1c...", 88)  # doctest: +SKIP
     """
+    if not BLOB_NAME.fullmatch(digest):
+        return f"{blobs_dir}: blob name {digest[:80]!r} is not a sha256 hex digest"
     path = blob_path(blobs_dir, digest)
-    if not path.is_file():
-        return f"{path}: blob is missing"
-    actual_size = path.stat().st_size
-    if size is not None and actual_size != size:
-        return f"{path}: blob is truncated or padded ({actual_size} bytes, manifest says {size})"
     digest_now = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest_now.update(chunk)
+    try:
+        with open_regular(path, root=blobs_dir) as f:
+            actual_size = os.fstat(f.fileno()).st_size
+            if size is not None and actual_size != size:
+                return _wrong_size(path, actual_size, size)
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest_now.update(chunk)
+    except UnsafeFileError as err:
+        return f"{path}: blob is not a regular file inside the library ({err})"
+    except FileNotFoundError:
+        return f"{path}: blob is missing"
+    except OSError as err:
+        return f"{path}: blob cannot be read ({err.strerror})"
     if digest_now.hexdigest() != digest:
         return f"{path}: blob is tampered (sha256 {digest_now.hexdigest()[:12]}... does not match its name)"
     return None
+
+
+def _wrong_size(path: Path, actual: int, expected: int | None) -> str:
+    return f"{path}: blob is truncated or padded ({actual} bytes, manifest says {expected})"

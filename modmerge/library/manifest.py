@@ -19,7 +19,8 @@ configurations) with the same expert chain share one id: the many-to-one task-pa
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,6 +29,8 @@ from modmerge.errors import ModmergeError
 from modmerge.tasks.spec import BackboneInfo
 
 FORMAT = 1
+# a blob's file name is its sha256: anything else (``../``, ``/abs``) would name a path outside blobs/
+BLOB_NAME = re.compile(r"[0-9a-f]{64}")
 
 
 class LibraryError(ModmergeError):
@@ -122,6 +125,31 @@ class LibraryManifest(_Model):
     @property
     def task_names(self) -> list[str]:
         return [t.name for t in self.tasks]
+
+    def blob_references(self) -> Iterator[tuple[str, str]]:
+        """(where, blob name) for every reference to a blob: modules, chain members, configurations'
+        modules, task heads and the router's blobs."""
+        yield from (("modules", h) for h in self.modules)
+        for cid, hashes in self.chains.items():
+            yield from ((f"chain {cid[:12]}", h) for h in hashes)
+        for c in self.configurations:
+            yield from ((f"configuration {c.id} modules", h) for h in c.modules)
+        yield from ((f"task '{t.name}' head", t.head) for t in self.tasks)
+        if self.router is not None:
+            yield "router blob", self.router.blob
+            if self.router.backbone_blob is not None:
+                yield "router backbone_blob", self.router.backbone_blob
+
+    def unsafe_blob_name(self) -> str | None:
+        """One line naming the first blob reference that is not a sha256 hex digest, or None.
+
+        >>> manifest.unsafe_blob_name()  # doctest: +SKIP
+        "task 'mnist' head: blob name '../../etc/x' is not a sha256 hex digest"
+        """
+        for where, name in self.blob_references():
+            if not BLOB_NAME.fullmatch(name):
+                return f"{where}: blob name {name[:80]!r} is not a sha256 hex digest"
+        return None
 
     def blob_sizes(self) -> dict[str, int]:
         """Every blob the manifest references -> its recorded size in bytes."""

@@ -2,7 +2,10 @@
 
 Every blob is checked against its sha256 name the first time this :class:`Library` loads it
 (later loads skip the hash), so a tampered or truncated module is an error naming the blob,
-never silently wrong weights.
+never silently wrong weights. Opening refuses a manifest whose blob names are not sha256
+digests (a ``../`` or absolute name would reach outside ``blobs/``), and a backbone file that
+is not a regular file inside the library (a FIFO would hang its reader, ``/dev/zero`` feed it
+forever).
 
 >>> lib = Library.open("libs/vision-ta")  # doctest: +SKIP
 >>> config = lib.select(0.5)  # highest validation performance with storage cost <= 0.5  # doctest: +SKIP
@@ -26,8 +29,11 @@ from modmerge.library.blobs import blob_path, check_blob, read_blob
 from modmerge.library.manifest import FORMAT, ConfigEntry, LibraryError, LibraryManifest, TaskInfo
 from modmerge.quantization import CompressedTensor
 from modmerge.recipes.schema import _one_line
+from modmerge.regular_files import UnsafeFileError, open_regular, read_regular
 
 MANIFEST = "manifest.json"
+# far above any real manifest (a few MiB for hundreds of modules); stops a runaway read
+MAX_MANIFEST_BYTES = 256 << 20
 
 
 class Library:
@@ -36,6 +42,7 @@ class Library:
     def __init__(self, root: Path, manifest: LibraryManifest) -> None:
         self.root, self.manifest = Path(root), manifest
         self._verified: set[str] = set()
+        self._sizes = manifest.blob_sizes()
 
     @classmethod
     def open(cls, lib_dir: str | Path, *, verify: bool = False) -> Library:
@@ -47,10 +54,12 @@ class Library:
         root = Path(lib_dir)
         path = root / MANIFEST
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(read_regular(path, root=root, max_bytes=MAX_MANIFEST_BYTES))
         except FileNotFoundError:
             why = "no such directory" if not root.exists() else "not an expert library, or its build did not finish"
             raise LibraryError(f"{path}: missing ({why})") from None
+        except UnsafeFileError as err:
+            raise LibraryError(f"{path}: not a regular file inside the library ({err})") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise LibraryError(f"{path}: unreadable manifest ({str(err).splitlines()[0]})") from None
         if not isinstance(data, dict):
@@ -61,6 +70,10 @@ class Library:
             manifest = LibraryManifest.model_validate(data)
         except ValidationError as err:
             raise LibraryError(f"{path}: {_one_line(err)}") from None
+        unsafe = manifest.unsafe_blob_name()
+        if unsafe is not None:
+            raise LibraryError(f"{path}: {unsafe}")
+        _check_backbone_files(root / "backbone", root)
         lib = cls(root, manifest)
         if verify:
             problems = lib.verify()
@@ -137,7 +150,7 @@ class Library:
         entry = self.manifest.modules.get(digest)
         if entry is None:
             raise LibraryError(f"{self.root}: no module blob '{digest}'")
-        state = read_blob(self.blobs_dir, digest, verified=self._verified)
+        state = self._read(digest)
         try:
             return {name: CompressedTensor.from_state(state, name).dequantize() for name in entry.tensors}
         except CheckpointError as err:
@@ -145,7 +158,7 @@ class Library:
 
     def head_state(self, task: str) -> dict[str, torch.Tensor]:
         """Task ``task``'s head: ``classifier.*`` and, for BERT-like bodies, its own ``pooler.*``."""
-        return read_blob(self.blobs_dir, self.manifest.task(task).head, verified=self._verified)
+        return self._read(self.manifest.task(task).head)
 
     def router_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
         """(router weights, router config as stored: ``RouterConfig.from_dict`` reads it), or None
@@ -153,7 +166,7 @@ class Library:
         router = self.manifest.router
         if router is None:
             return None
-        return read_blob(self.blobs_dir, router.blob, verified=self._verified), dict(router.config)
+        return self._read(router.blob), dict(router.config)
 
     # -- integrity and accounting ------------------------------------------------------------
     def router_backbone_state(self) -> dict[str, torch.Tensor] | None:
@@ -162,7 +175,10 @@ class Library:
         router = self.manifest.router
         if router is None or router.backbone_blob is None:
             return None
-        return read_blob(self.blobs_dir, router.backbone_blob, verified=self._verified)
+        return self._read(router.backbone_blob)
+
+    def _read(self, digest: str) -> dict[str, torch.Tensor]:
+        return read_blob(self.blobs_dir, digest, size=self._sizes.get(digest), verified=self._verified)
 
     def verify(self) -> list[str]:
         """Every problem found, one line each: missing, truncated or tampered blobs, and
@@ -230,3 +246,19 @@ class Library:
                 "modules": len(c.modules), "chains": len(set(c.chains.values())),
             })
         return rows
+
+
+def _check_backbone_files(backbone: Path, root: Path) -> None:
+    """LibraryError naming the first backbone file that is not a regular file inside ``root``:
+    transformers reads these by name, and would block on a FIFO or read a device forever."""
+    if not backbone.is_dir():
+        return  # verify() names a missing backbone/config.json
+    for entry in sorted(backbone.rglob("*")):
+        if entry.is_dir() and not entry.is_symlink():
+            continue
+        try:
+            open_regular(entry, root=root).close()
+        except UnsafeFileError as err:
+            raise LibraryError(f"{entry}: backbone file is not a regular file inside the library ({err})") from None
+        except OSError as err:
+            raise LibraryError(f"{entry}: backbone file cannot be read ({err.strerror})") from None

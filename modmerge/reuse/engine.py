@@ -36,7 +36,15 @@ from modmerge.reuse.assembly import (
     pooler_template,
     split_head_state,
 )
-from modmerge.reuse.inputs import RawInput, encode_images, encode_texts, parse_input, select_rows
+from modmerge.reuse.inputs import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    RawInput,
+    decode_inputs,
+    encode_images,
+    encode_texts,
+    parse_input,
+    select_rows,
+)
 from modmerge.tasks.batching import EncodedTexts, eval_batches
 from modmerge.tasks.taskpool import DEFAULT_BATCH, DEFAULT_MAX_LENGTH
 
@@ -58,12 +66,14 @@ class ReuseEngine:
     ``source`` (the task source the library was built from, or a callable that opens it) is only read when the library lacks
     the pretrained backbone weights the router's features need, or a task's pooler weights (as
     libraries built before those were stored do); without it such a library is refused.
+    ``max_image_pixels`` bounds the image files decoded (see :mod:`modmerge.reuse.inputs`).
     Not thread-safe: one engine runs one ``predict`` at a time.
     """
 
     def __init__(
         self, library: Any, budget: float | None = None, config_id: str | None = None, device: str = "cpu",
         cache_bytes: int = DEFAULT_CACHE_BYTES, batch_size: int | None = None, source: Any = None,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
         if isinstance(library, str | Path):
             from modmerge.library import Library
@@ -77,6 +87,7 @@ class ReuseEngine:
             raise ReuseError(f"library {library.root if hasattr(library, 'root') else ''}: tasks of several modalities")
         self.modality = modalities.pop()
         self.batch_size = batch_size or DEFAULT_BATCH[self.modality]
+        self.max_image_pixels = max_image_pixels
         self.cache = ChainCache(lambda chain_id: assemble_body(library, chain_id, device=self.device), cache_bytes)
         self._heads: dict[str, TaskHead] = {}
         self._chains: dict[str, str] = {}
@@ -128,18 +139,34 @@ class ReuseEngine:
         >>> engine.predict([{"text": "a red fox"}], tasks=["has_animal"])  # doctest: +SKIP
         [{'task': 'has_animal', 'label': 1, 'label_name': 'yes', 'chain': '3f2a...'}]
         """
-        raws = [r if isinstance(r, RawInput) else parse_input(r, where=f"input {i}") for i, r in enumerate(inputs)]
+        raws = self._parse(inputs)
         if tasks is not None and len(tasks) != len(raws):
             raise ReuseError(f"tasks: {len(tasks)} labels for {len(raws)} inputs")
-        wrong = next((i for i, r in enumerate(raws) if r.kind != self.modality), None)
-        if wrong is not None:
-            raise ReuseError(f"input {wrong}: a {raws[wrong].kind} input, but the library's tasks take {self.modality}s")
         given = [tasks[i] if tasks is not None else r.task for i, r in enumerate(raws)]
         for i, task in enumerate(given):
             if task is not None:
                 self._check_task(task, f"input {i}: task")
         encoder = _Encoder(self, raws)
         return self.predict_encoded(encoder, given, progress=progress, with_logits=with_logits, ids=[r.id for r in raws])
+
+    def prepare(self, inputs: Sequence[Mapping[str, Any] | RawInput]) -> list[RawInput]:
+        """One request's inputs parsed and checked, images decoded at the backbone's size: every
+        error :meth:`predict` could raise for an input, raised here, so a caller that batches
+        several requests into one ``predict`` can answer a bad one alone. ``predict`` takes the result.
+
+        >>> engine.predict(engine.prepare([{"image_b64": png_b64}]))  # doctest: +SKIP
+        """
+        raws = self._parse(inputs)
+        if self.modality != "image":
+            return raws
+        return decode_inputs(raws, self.image_size, max_pixels=self.max_image_pixels)
+
+    def _parse(self, inputs: Sequence[Mapping[str, Any] | RawInput]) -> list[RawInput]:
+        raws = [r if isinstance(r, RawInput) else parse_input(r, where=f"input {i}") for i, r in enumerate(inputs)]
+        wrong = next((i for i, r in enumerate(raws) if r.kind != self.modality), None)
+        if wrong is not None:
+            raise ReuseError(f"input {wrong}: a {raws[wrong].kind} input, but the library's tasks take {self.modality}s")
+        return raws
 
     def predict_encoded(
         self, encoder: _Encoder | Encoded, tasks: Sequence[str | None], *, progress: Callable[[int], None] | None = None,
@@ -334,7 +361,7 @@ class _Encoder:
         if key not in self._cache:
             raws = self.raws or []
             if self.engine.modality == "image":
-                self._cache[key] = encode_images(raws, self.engine.image_size)
+                self._cache[key] = encode_images(raws, self.engine.image_size, max_pixels=self.engine.max_image_pixels)
             else:
                 self._cache[key] = encode_texts(self.engine.tokenizer, raws, key)
         return self._cache[key]

@@ -7,6 +7,9 @@ Images are read as the zoo's image tasks store them: greyscale, the backbone's i
 float32 in [0, 1] (``uint8 / 255.0``, the same expression the zoo's datasets use, so a PNG of a
 zoo test image gives bit-identical pixels), then :func:`~modmerge.tasks.batching.pixel_values`.
 
+Image files are decoded by :func:`modmerge.image_files.decode_greyscale`: only regular files,
+and only if the header says they have at most ``max_pixels`` pixels.
+
 Example::
 
     >>> parse_input({"text": "a red fox", "task": "has_animal"}, where="input 0")
@@ -17,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ import numpy as np
 import torch
 
 from modmerge.errors import ModmergeError
+from modmerge.image_files import DEFAULT_MAX_IMAGE_PIXELS, ImageFileError, decode_greyscale, resized
 from modmerge.tasks.batching import EncodedTexts, pixel_values, tokenize
 
 ALLOWED_FIELDS = frozenset({"text", "image", "image_b64", "task", "id"})
@@ -117,11 +120,12 @@ def read_jsonl(path: Path) -> list[RawInput]:
     return out
 
 
-def load_image(value: Any, size: tuple[int, int], *, where: str) -> torch.Tensor:
+def load_image(value: Any, size: tuple[int, int], *, where: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> torch.Tensor:
     """A greyscale H x W float32 image in [0, 1] from a file path, an image file's bytes or an array.
 
     uint8 data is divided by 255 exactly as the zoo's datasets do; float arrays are taken as
-    already in [0, 1]. Images of another size are resized (bilinear) to ``size`` (H, W).
+    already in [0, 1]. Images of another size are resized (bilinear) to ``size`` (H, W). A file
+    of more than ``max_pixels`` pixels is refused (InputError) before it is decoded.
 
     >>> load_image(np.zeros((28, 28), dtype=np.uint8), (28, 28), where="x").shape
     torch.Size([28, 28])
@@ -129,16 +133,13 @@ def load_image(value: Any, size: tuple[int, int], *, where: str) -> torch.Tensor
     from PIL import Image
 
     if isinstance(value, str | Path | bytes):
-        uploaded = isinstance(value, bytes)
+        problem = None
         try:
-            with Image.open(io.BytesIO(value) if uploaded else value) as img:
-                array = np.asarray(_sized(img.convert("L"), size))
-        except FileNotFoundError:
-            raise InputError(f"{where}: image file {value} not found") from None
-        except OSError as err:
-            what = f"image_b64 holds no readable image ({len(value)} bytes)" if uploaded else (
-                f"cannot read image {value} ({type(err).__name__})")
-            raise InputError(f"{where}: {what}") from None
+            array = np.asarray(decode_greyscale(value, size, max_pixels=max_pixels))
+        except ImageFileError as err:
+            problem = f"{where}: {err}"
+        if problem is not None:  # raised outside the except: see modmerge.image_files.decode_greyscale
+            raise InputError(problem)
     else:
         array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
         array = np.squeeze(array)
@@ -146,29 +147,40 @@ def load_image(value: Any, size: tuple[int, int], *, where: str) -> torch.Tensor
             array = np.asarray(Image.fromarray(array.astype(np.uint8)[..., :3]).convert("L"))
         if array.ndim != 2:
             raise InputError(f"{where}: image array must be H x W (greyscale), got shape {tuple(array.shape)}")
+        if array.size > max_pixels:
+            raise InputError(f"{where}: image array of {array.shape[1]} x {array.shape[0]} pixels is over the limit "
+                             f"of {max_pixels} pixels (max_image_pixels)")
         if tuple(array.shape) != size:
             mode = "L" if array.dtype == np.uint8 else "F"
-            array = np.asarray(_sized(Image.fromarray(array.astype(np.uint8 if mode == "L" else np.float32), mode), size))
+            array = np.asarray(resized(Image.fromarray(array.astype(np.uint8 if mode == "L" else np.float32), mode), size))
     if array.dtype == np.uint8:
         return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32) / 255.0)
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
 
 
-def _sized(img: Any, size: tuple[int, int]) -> Any:
-    from PIL import Image
-
-    height, width = size
-    return img if img.size == (width, height) else img.resize((width, height), Image.Resampling.BILINEAR)
-
-
-def encode_images(raws: Sequence[RawInput], size: tuple[int, int], *, where: str = "input") -> torch.Tensor:
-    """``pixel_values`` (N x 1 x H x W) of image inputs.
+def encode_images(
+    raws: Sequence[RawInput], size: tuple[int, int], *, where: str = "input", max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+) -> torch.Tensor:
+    """``pixel_values`` (N x 1 x H x W) of image inputs; files decoded one at a time.
 
     >>> encode_images([RawInput("image", np.zeros((28, 28), np.uint8))], (28, 28)).shape
     torch.Size([1, 1, 28, 28])
     """
-    images = [load_image(r.value, size, where=f"{where} {i}") for i, r in enumerate(raws)]
+    images = [load_image(r.value, size, where=f"{where} {i}", max_pixels=max_pixels) for i, r in enumerate(raws)]
     return pixel_values(torch.stack(images)) if images else torch.empty(0, 1, *size)
+
+
+def decode_inputs(
+    raws: Sequence[RawInput], size: tuple[int, int], *, where: str = "input", max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+) -> list[RawInput]:
+    """``raws`` with every image (path, file bytes, array) replaced by its H x W float32 tensor at
+    ``size``: the decoding, and every way it can fail, done up front, one input at a time.
+
+    >>> decode_inputs([RawInput("image", np.zeros((56, 56), np.uint8))], (28, 28))[0].value.shape
+    torch.Size([28, 28])
+    """
+    return [RawInput(r.kind, load_image(r.value, size, where=f"{where} {i}", max_pixels=max_pixels), r.task, r.id)
+            if r.kind == "image" else r for i, r in enumerate(raws)]
 
 
 def encode_texts(tokenizer: Any, raws: Sequence[RawInput], max_length: int) -> EncodedTexts:

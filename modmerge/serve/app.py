@@ -1,14 +1,18 @@
 """The FastAPI application: routes, validation messages, status codes.
 
-Every error answers ``{"error": "<one line naming the culprit>"}``: 413 for an oversized body or
-too many inputs, 422 for a malformed body, 400 for inputs the engine refuses, 503 when the queue
-is full, 504 on timeout.
+Every error answers ``{"error": "<one line naming the culprit>"}``: 401 without the bearer token
+(when one is set), 408 for a body too slow to arrive, 413 for an oversized body or too many
+inputs, 422 for a malformed body, 400 for inputs the engine refuses (an image over the pixel
+limit, a broken image) and for image paths it may not read, 503 when the queue is full, 504 on
+timeout. An image path that is missing, unreadable, not a regular file or outside the image root
+gets the same 400 and the same words, so answers never tell which files exist.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -21,8 +25,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from modmerge.errors import ModmergeError
-from modmerge.serve.batcher import Batcher, QueueFull, ShuttingDown
-from modmerge.serve.limits import BodyLimit
+from modmerge.regular_files import open_regular
+from modmerge.serve.batcher import Batcher, Failed, QueueFull, ShuttingDown
+from modmerge.serve.limits import BearerAuth, BodyLimit
 from modmerge.serve.protocol import Engine, config_id, engine_tasks
 from modmerge.serve.schema import (
     ConfigsResponse,
@@ -39,7 +44,10 @@ logger = logging.getLogger(__name__)
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in (
-        (400, "The engine refused an input (e.g. an unreadable image)."),
+        (400, "The engine refused an input (an image over max_image_pixels, a broken image), "
+              "or an image path this server may not read."),
+        (401, "No bearer token, or a wrong one (when the server has a token)."),
+        (408, "The body did not arrive within body_timeout_s."),
         (413, "Body over max_body_bytes, or more inputs than max_inputs."),
         (422, "Malformed body: unknown or missing field, unknown task."),
         (503, "The request queue is full, or the service is shutting down."),
@@ -94,25 +102,22 @@ def create_app(engine: Engine, settings: ServeSettings) -> FastAPI:
             raise HTTPException(413, f"inputs: {len(body.inputs)} inputs, over the limit of {settings.max_inputs} per request (max_inputs)")
         if body.task is not None and tasks is not None and body.task not in tasks:
             raise HTTPException(422, f"task: unknown task {body.task!r} (tasks: {', '.join(tasks)})")
+        inputs = [x.as_engine_input() for x in body.inputs]
         for i, item in enumerate(body.inputs):
             if item.image is not None:
-                _check_image(i, item.image, settings.image_root)
+                inputs[i] = {"image": readable_image_path(i, item.image, settings)}
         batcher: Batcher = request.app.state.batcher
         try:
-            future = batcher.submit([x.as_engine_input() for x in body.inputs], body.task)
+            future = batcher.submit(inputs, body.task)
         except QueueFull as err:
             raise HTTPException(503, str(err), headers={"Retry-After": "1"}) from None
         try:
-            outputs = await asyncio.wait_for(future, settings.request_timeout_s)
+            answer = await asyncio.wait_for(future, settings.request_timeout_s)
         except TimeoutError:
             raise HTTPException(504, f"no answer within {settings.request_timeout_s:g} s (request_timeout_s)") from None
-        except ShuttingDown as err:
-            raise HTTPException(503, str(err)) from None
-        except ModmergeError as err:
-            raise HTTPException(400, str(err)) from None
-        except Exception as err:
-            raise HTTPException(500, f"engine failed: {type(err).__name__}: {err}") from None
-        return PredictResponse(config=config_id(engine), outputs=outputs)  # type: ignore[arg-type]
+        if isinstance(answer, Failed):
+            raise _refusal(answer.error)
+        return PredictResponse(config=config_id(engine), outputs=answer)  # type: ignore[arg-type]
 
     @app.get("/healthz", response_model=Health)
     async def healthz(request: Request) -> Health:
@@ -132,17 +137,43 @@ def create_app(engine: Engine, settings: ServeSettings) -> FastAPI:
         """Batching counters: requests, inputs, batches (engine calls) and their sizes."""
         return request.app.state.batcher.snapshot()
 
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
+    if settings.token is not None:  # added last, so it runs first: no body is read for a stranger
+        app.add_middleware(BearerAuth, token=settings.token.get_secret_value(), open_paths=("/healthz",))
     return app
 
 
-def _check_image(index: int, path: str, root: Path | None) -> None:
+def _refusal(err: Exception) -> HTTPException:
+    if isinstance(err, ShuttingDown):
+        return HTTPException(503, str(err))
+    if isinstance(err, ModmergeError):
+        return HTTPException(400, str(err))
+    return HTTPException(500, f"engine failed: {type(err).__name__}: {err}")
+
+
+def readable_image_path(index: int, path: str, settings: ServeSettings) -> str:
+    """The resolved path of image input ``index`` if this server may read it, else HTTPException 400.
+
+    Missing, unreadable, special (FIFO, device) and outside-the-root files all get the same
+    answer, word for word, so a client cannot map which files exist.
+
+    >>> readable_image_path(0, "/etc/shadow", ServeSettings(image_root=Path("/srv/images")))  # doctest: +SKIP
+    Traceback (most recent call last):
+    ...
+    starlette.exceptions.HTTPException: 400: inputs.0.image: no readable image file '/etc/shadow' under the image root
+    """
     where = f"inputs.{index}.image"
-    resolved = Path(path).expanduser().resolve()
-    if root is not None and not resolved.is_relative_to(root.expanduser().resolve()):
-        raise HTTPException(422, f"{where}: {path!r} is outside the image root {str(root)!r}")
-    if not resolved.is_file():
-        raise HTTPException(422, f"{where}: no such file {path!r}")
+    if not settings.accepts_image_paths:
+        raise HTTPException(400, f"{where}: this server reads no image paths (it allows remote clients and has no "
+                                 "--image-root); upload the file's bytes as image_b64")
+    root = settings.image_root
+    refusal = HTTPException(400, f"{where}: no readable image file {path!r}{' under the image root' if root else ''}")
+    try:
+        resolved = Path(os.path.realpath(Path(path).expanduser()))
+        open_regular(resolved, root=None if root is None else root.expanduser()).close()
+    except (OSError, ValueError):  # missing, unreadable, special, outside the root, NUL in the name: one answer
+        raise refusal from None
+    return str(resolved)
 
 
 def _validation_line(errors: Any) -> str:

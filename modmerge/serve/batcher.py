@@ -5,6 +5,16 @@ one ``engine.predict`` call, which groups the combined inputs by expert chain, s
 body runs once for everybody who needs it. The engine runs in a single-thread executor: the event
 loop stays free to accept (or refuse with 503) while a batch computes, and the engine never sees
 two calls at once.
+
+One bad request never fails its batch-mates: an engine with ``prepare`` (see
+:class:`~modmerge.serve.protocol.Engine`) checks and decodes each request's inputs alone first,
+and a request it refuses is answered with its own error; if the batch's engine call still
+fails, whatever the exception, each request is retried alone.
+
+A request's future resolves to its outputs or to a :class:`Failed` holding its error (its
+traceback dropped); it never raises. An exception raised out of a future carries the frames it
+passed through, and those frames hold the future: a reference cycle that would keep every
+failed request's body (a 500 KiB image bomb, three copies of it) alive until a full GC.
 """
 
 from __future__ import annotations
@@ -13,8 +23,10 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Any
 
 from modmerge.errors import ModmergeError
 from modmerge.serve.protocol import Engine
@@ -31,13 +43,20 @@ class ShuttingDown(Exception):
     """The service stopped before this request was answered."""
 
 
+@dataclass(frozen=True)
+class Failed:
+    """What a refused or failed request's future resolves to: the error to answer with."""
+
+    error: Exception
+
+
 @dataclass
 class Job:
-    """One request's inputs and the future its handler awaits."""
+    """One request's inputs (as sent, then as the engine prepared them) and the future its handler awaits."""
 
-    inputs: list[dict]
+    inputs: list[Any]
     task: str | None
-    future: asyncio.Future[list[dict]] = field(repr=False)
+    future: asyncio.Future[list[dict] | Failed] = field(repr=False)
 
 
 class Batcher:
@@ -80,10 +99,11 @@ class Batcher:
             pending.append(self._queue.get_nowait())
         for job in pending:
             if not job.future.done():
-                job.future.set_exception(ShuttingDown("the service is shutting down"))
+                job.future.set_result(Failed(ShuttingDown("the service is shutting down")))
 
-    def submit(self, inputs: list[dict], task: str | None) -> asyncio.Future[list[dict]]:
-        """Queue one request; raises :class:`QueueFull` at once when the queue is full."""
+    def submit(self, inputs: list[dict], task: str | None) -> asyncio.Future[list[dict] | Failed]:
+        """Queue one request; raises :class:`QueueFull` at once when the queue is full. The future
+        resolves to the request's outputs, or to :class:`Failed`."""
         assert self._queue is not None, "Batcher.start() was not called"
         job = Job(inputs, task, asyncio.get_running_loop().create_future())
         try:
@@ -132,7 +152,7 @@ class Batcher:
         return batch
 
     async def _answer(self, batch: list[Job]) -> None:
-        live = [job for job in batch if not job.future.done()]
+        live = await self._prepared([job for job in batch if not job.future.done()])
         if not live:
             return
         n_inputs = sum(len(j.inputs) for j in live)
@@ -147,6 +167,26 @@ class Batcher:
             if group:
                 await self._call(group, isolate_on_error=len(group) > 1)
 
+    async def _prepared(self, jobs: list[Job]) -> list[Job]:
+        """The jobs whose inputs the engine's ``prepare`` accepts, holding the prepared inputs; the
+        others are answered with their own error now (all of them when the engine has no ``prepare``)."""
+        prepare = getattr(self._engine, "prepare", None)
+        if prepare is None or not jobs:
+            return jobs
+        loop = asyncio.get_running_loop()
+        outcomes = await loop.run_in_executor(self._executor, _prepare_each, prepare, [job.inputs for job in jobs])
+        # each job's own outcome only: the list would tie its errors' tracebacks into a cycle
+        accepted = []
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                if not isinstance(outcome, ModmergeError):
+                    logger.error("engine.prepare failed on a request of %d inputs: %r", len(job.inputs), outcome)
+                self._fail([job], outcome)
+            else:
+                job.inputs = outcome
+                accepted.append(job)
+        return accepted
+
     async def _call(self, group: list[Job], *, isolate_on_error: bool) -> None:
         inputs = [x for job in group for x in job.inputs]
         tasks = None if group[0].task is None else [job.task for job in group for _ in job.inputs]
@@ -156,16 +196,14 @@ class Batcher:
             outputs = await loop.run_in_executor(self._executor, self._engine.predict, inputs, tasks)
             if len(outputs) != len(inputs):
                 raise RuntimeError(f"engine returned {len(outputs)} outputs for {len(inputs)} inputs")
-        except ModmergeError as err:
+        except Exception as err:
             if isolate_on_error:
-                # one request's bad input must not fail its batch-mates: answer each alone
+                # one request's bad input must not fail its batch-mates, whatever it raised: answer each alone
                 for job in group:
                     await self._call([job], isolate_on_error=False)
                 return
-            self._fail(group, err)
-            return
-        except Exception as err:
-            logger.exception("engine.predict failed on %d inputs", len(inputs))
+            if not isinstance(err, ModmergeError):
+                logger.exception("engine.predict failed on %d inputs", len(inputs))
             self._fail(group, err)
             return
         start = 0
@@ -176,6 +214,26 @@ class Batcher:
 
     def _fail(self, group: list[Job], err: Exception) -> None:
         self.stats.failed += len(group)
+        failed = Failed(_bare(err))
         for job in group:
             if not job.future.done():
-                job.future.set_exception(err)
+                job.future.set_result(failed)
+
+
+def _prepare_each(prepare: Callable[[list[Any]], list[Any]], requests: list[list[Any]]) -> list[list[Any] | Exception]:
+    """``prepare`` of each request's inputs, or the exception it raised for that request (runs in the executor)."""
+    return [_attempt(prepare, inputs) for inputs in requests]
+
+
+def _attempt(prepare: Callable[[list[Any]], list[Any]], inputs: list[Any]) -> list[Any] | Exception:
+    try:
+        return prepare(inputs)
+    except Exception as err:  # handed to this request's future by the caller
+        return _bare(err)
+
+
+def _bare(err: Exception) -> Exception:
+    """``err`` without its traceback and chained errors, whose frames hold the batch's futures and
+    inputs (a cycle back to ``err``); what a request is answered with is its one line."""
+    err.__context__ = err.__cause__ = None
+    return err.with_traceback(None)

@@ -17,6 +17,11 @@ class Engine(Protocol):
     ``predict`` returns one dict per input, in input order, with at least ``task``, ``label``
     and ``chain`` (``label_name`` when known). ``config`` is the selected configuration (an
     object with ``id`` or a mapping with ``"id"``).
+
+    Optionally, ``prepare(inputs) -> list`` checks and decodes ONE request's inputs, raising
+    whatever ``predict`` would raise for them; ``predict`` then takes the prepared inputs of
+    several requests at once. The batcher uses it to answer a bad request (an image bomb, a
+    broken file) alone, before its batch-mates' engine call (``ReuseEngine.prepare`` fits).
     """
 
     config: Any

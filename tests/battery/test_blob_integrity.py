@@ -49,7 +49,8 @@ def _tamper(path: Path) -> None:
 DAMAGE: dict[str, tuple[Callable[[Path], None], str, str]] = {
     # kind: (how, what verify calls it, what a load calls it)
     "tampered": (_tamper, "tampered", "corrupt"),
-    "truncated": (lambda p: p.write_bytes(p.read_bytes()[:-7]), "truncated", "corrupt"),
+    # a load checks the manifest's size before reading: truncation is named as such
+    "truncated": (lambda p: p.write_bytes(p.read_bytes()[:-7]), "truncated", "truncated or padded"),
     "missing": (lambda p: p.unlink(), "missing", "missing"),
 }
 
