@@ -2,10 +2,18 @@
 
 Importing this package registers every method. One module per method family:
 ``linear`` (weight averaging, task arithmetic), ``generalized`` (TIES, DARE, Breadcrumbs as one
-generalized task arithmetic), ``pcb``, ``fisher``, ``regmean``.
+generalized task arithmetic), ``pcb``, ``fisher``, ``regmean``; and mergekit's methods:
+``spherical`` (slerp, nuslerp, multislerp, karcher).
 """
 
-from modmerge.merging import fisher, generalized, linear, pcb, regmean  # noqa: F401  (registers)
+from modmerge.merging import (  # noqa: F401  (importing a module registers its methods)
+    fisher,
+    generalized,
+    linear,
+    pcb,
+    regmean,
+    spherical,
+)
 from modmerge.merging.registry import (
     REGISTRY,
     MergeMethod,
