@@ -3,13 +3,14 @@
 Importing this package registers every method. One module per method family:
 ``linear`` (weight averaging, task arithmetic), ``generalized`` (TIES, DARE, Breadcrumbs as one
 generalized task arithmetic), ``pcb``, ``fisher``, ``regmean``; and mergekit's methods:
-``spherical`` (slerp, nuslerp, multislerp, karcher).
+``model_stock``, ``spherical`` (slerp, nuslerp, multislerp, karcher).
 """
 
 from modmerge.merging import (  # noqa: F401  (importing a module registers its methods)
     fisher,
     generalized,
     linear,
+    model_stock,
     pcb,
     regmean,
     spherical,
