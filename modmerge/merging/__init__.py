@@ -3,14 +3,17 @@
 Importing this package registers every method. One module per method family:
 ``linear`` (weight averaging, task arithmetic), ``generalized`` (TIES, DARE, Breadcrumbs as one
 generalized task arithmetic), ``pcb``, ``fisher``, ``regmean``; and mergekit's methods:
-``model_stock``, ``spherical`` (slerp, nuslerp, multislerp, karcher).
+``model_stock``, ``spherical`` (slerp, nuslerp, multislerp, karcher), ``nearswap``,
+``arcee_fusion``.
 """
 
 from modmerge.merging import (  # noqa: F401  (importing a module registers its methods)
+    arcee_fusion,
     fisher,
     generalized,
     linear,
     model_stock,
+    nearswap,
     pcb,
     regmean,
     spherical,
