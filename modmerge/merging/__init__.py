@@ -3,7 +3,7 @@
 Importing this package registers every method. One module per method family:
 ``linear`` (weight averaging, task arithmetic), ``generalized`` (TIES, DARE, Breadcrumbs as one
 generalized task arithmetic), ``pcb``, ``fisher``, ``regmean``; and mergekit's methods:
-``model_stock``, ``spherical`` (slerp, nuslerp, multislerp, karcher), ``nearswap``,
+``sce``, ``model_stock``, ``spherical`` (slerp, nuslerp, multislerp, karcher), ``nearswap``,
 ``arcee_fusion``.
 """
 
@@ -16,6 +16,7 @@ from modmerge.merging import (  # noqa: F401  (importing a module registers its 
     nearswap,
     pcb,
     regmean,
+    sce,
     spherical,
 )
 from modmerge.merging.registry import (
