@@ -3,12 +3,13 @@
 Importing this package registers every method. One module per method family:
 ``linear`` (weight averaging, task arithmetic), ``generalized`` (TIES, DARE, Breadcrumbs as one
 generalized task arithmetic), ``pcb``, ``fisher``, ``regmean``; and mergekit's methods:
-``sce``, ``model_stock``, ``spherical`` (slerp, nuslerp, multislerp, karcher), ``nearswap``,
-``arcee_fusion``.
+``della``, ``sce``, ``model_stock``, ``spherical`` (slerp, nuslerp, multislerp, karcher),
+``nearswap``, ``arcee_fusion``.
 """
 
 from modmerge.merging import (  # noqa: F401  (importing a module registers its methods)
     arcee_fusion,
+    della,
     fisher,
     generalized,
     linear,
