@@ -3,8 +3,8 @@
 Importing this package registers every method. One module per method family:
 ``linear`` (weight averaging, task arithmetic), ``generalized`` (TIES, DARE, Breadcrumbs as one
 generalized task arithmetic), ``pcb``, ``fisher``, ``regmean``; and mergekit's methods:
-``della``, ``sce``, ``model_stock``, ``spherical`` (slerp, nuslerp, multislerp, karcher),
-``nearswap``, ``arcee_fusion``.
+``presets`` (dare_linear, dare_ties, breadcrumbs_ties), ``della``, ``sce``, ``model_stock``,
+``spherical`` (slerp, nuslerp, multislerp, karcher), ``nearswap``, ``arcee_fusion``.
 """
 
 from modmerge.merging import (  # noqa: F401  (importing a module registers its methods)
@@ -16,6 +16,7 @@ from modmerge.merging import (  # noqa: F401  (importing a module registers its 
     model_stock,
     nearswap,
     pcb,
+    presets,
     regmean,
     sce,
     spherical,
