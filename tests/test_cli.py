@@ -102,8 +102,13 @@ def test_inspect_json_and_table(runner, tiny_zoo_factory):
 def test_methods_lists_registry(runner):
     result = runner.invoke(main, ["methods"])
     assert result.exit_code == 0
-    for name in ("weight_averaging", "task_arithmetic", "ties", "dare", "breadcrumbs", "pcb", "fisher", "regmean"):
-        assert f"{name}:" in result.output
+    for name in ("weight_averaging", "task_arithmetic", "ties", "dare", "breadcrumbs", "pcb", "fisher", "regmean",
+                 "slerp", "nuslerp", "multislerp", "karcher", "model_stock", "della", "della_linear", "sce",
+                 "nearswap", "arcee_fusion", "breadcrumbs_ties", "dare_linear", "dare_ties"):
+        assert f"\n{name}: " in "\n" + result.output
     one = runner.invoke(main, ["methods", "ties"])
     assert "density" in one.output and "Yadav" in one.output
+    della = runner.invoke(main, ["methods", "della"])
+    assert "- lambda (float, default 1.0" in della.output and "arXiv:2406.11617" in della.output
+    assert "merges at most 2 models" in runner.invoke(main, ["methods", "slerp"]).output
     assert runner.invoke(main, ["methods", "nope"]).exit_code == 2

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from modmerge.checkpoints import in_memory
+from modmerge.errors import MergeMethodError
 from modmerge.lru import BytesLRU
 from modmerge.quantization import CompressedTensor, QuantConfig, compress
 from modmerge.recipes.execute import merged_tensors, model_scope_thresholds
@@ -86,6 +87,12 @@ class ExpertBuilder:
         cache_bytes: int = 2 * 2**30,
     ) -> None:
         self.pretrained, self.tasks, self.units = pretrained, list(tasks), {u: list(k) for u, k in units.items()}
+        limit = call.merge_method.max_models
+        if limit is not None and len(self.tasks) > limit:
+            raise MergeMethodError(
+                f"method '{call.method}' merges at most {limit} models, but a module may group all "
+                f"{len(self.tasks)} tasks: choose a method without that limit (e.g. multislerp for slerp)"
+            )
         self.call, self.quant, self.statistics, self.seed = call, quant, statistics, seed
         self.cache_bytes = cache_bytes
         self._modules: BytesLRU[ModuleKey, Module] = BytesLRU(cache_bytes)

@@ -2,7 +2,8 @@
 
 :func:`generalized_task_arithmetic` computes task vectors ``tau_t = theta_t - theta_pre``,
 sparsifies each (``"magnitude"`` top-k, ``"dare"`` random drop, ``"breadcrumbs"`` outlier+small
-mask, or ``"none"``), combines them (``consensus="none"``: weighted sum; ``"sign"``: TIES sign
+mask, ``"none"``, or a step given as a function, like DELLA's in :mod:`modmerge.merging.della`),
+combines them (``consensus="none"``: weighted sum; ``"sign"``: TIES sign
 election + disjoint mean) and returns ``theta_pre + lambda * tau_m``. The registered methods
 ``ties``, ``dare`` and ``breadcrumbs`` only choose its settings. The steps live in
 :mod:`modmerge.merging.sparsify`.
@@ -18,7 +19,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Literal
 
 import torch
@@ -37,14 +38,19 @@ from modmerge.merging.sparsify import (
 __all__ = ["breadcrumbs", "dare", "generalized_task_arithmetic", "ties"]
 
 Sparsify = Literal["none", "magnitude", "dare", "breadcrumbs"]
+SparsifyStep = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]  # (tau, generator) -> tau
 Consensus = Literal["none", "sign"]
 
 _CONSENSUS_CHOICES = ("none", "ties")
 _CONSENSUS_HELP = "'none': weighted sum of task vectors; 'ties': TIES sign election + disjoint mean"
 
 
-def _is_identity(sparsify: Sparsify, density: float, drop_rate: float, has_thresholds: bool) -> bool:
+def _is_identity(
+    sparsify: Sparsify | SparsifyStep, density: float, drop_rate: float, has_thresholds: bool
+) -> bool:
     """True when the sparsification cannot change any entry."""
+    if callable(sparsify):
+        return False
     if sparsify == "none":
         return True
     if sparsify == "magnitude":
@@ -58,7 +64,7 @@ def generalized_task_arithmetic(
     base: torch.Tensor,
     tensors: Sequence[torch.Tensor],
     *,
-    sparsify: Sparsify,
+    sparsify: Sparsify | SparsifyStep,
     consensus: Consensus,
     scaling: float,
     density: float = 1.0,
@@ -74,7 +80,8 @@ def generalized_task_arithmetic(
     - ``sparsify``: ``"magnitude"`` keeps the top ``density`` per tensor, or uses the per-model
       ``thresholds`` when given (model-scope trimming); ``"dare"`` drops with rate
       ``drop_rate`` and rescales, drawing from ``generator`` model by model; ``"breadcrumbs"``
-      removes the top ``gamma`` and the smallest entries so ``density`` remain; ``"none"``.
+      removes the top ``gamma`` and the smallest entries so ``density`` remain; ``"none"``;
+      a function ``step(tau, generator)`` applies that step to each task vector in turn.
     - ``consensus``: ``"none"`` sums ``w_t * tau_t``; ``"sign"`` elects the sign of
       ``sum_t w_t tau_t`` and takes the ``w``-weighted mean over agreeing, non-zero entries.
 
@@ -102,7 +109,9 @@ def generalized_task_arithmetic(
     for i, tensor in enumerate(tensors):
         # torch.sub allocates a new tensor, so inputs (possibly read-only mmap views) stay intact.
         tau = torch.sub(tensor.to(torch.float32), base32)
-        if sparsify == "magnitude":
+        if callable(sparsify):
+            tau = sparsify(tau, generator)
+        elif sparsify == "magnitude":
             tau = magnitude_trim(tau, density, None if thresholds is None else float(thresholds[i]))
         elif sparsify == "dare":
             tau = dare_drop(tau, drop_rate, generator)

@@ -8,7 +8,10 @@ A merge method is a pure function over tensors with one signature::
 name and shape, and the result is the merged tensor (full weights, not a delta), in float32.
 Named parameters are keyword-only and annotated with :class:`Param`; the registry reads them
 from the signature, so their name, type, default and range live in one place and feed recipe
-validation, CLI help and the search space.
+validation, CLI help and the search space. A parameter whose name would be a Python keyword is
+written with a trailing underscore and registered without it (``lambda_`` is ``lambda``, as in
+mergekit's recipes). ``max_models`` records a method that merges at most that many models
+(SLERP: 2), so planners that group models (the MERGE search, the baselines) can check up front.
 
 Reserved keyword inputs are supplied by the caller, never by a recipe:
 
@@ -30,6 +33,7 @@ Example::
 from __future__ import annotations
 
 import inspect
+import keyword
 import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -118,6 +122,8 @@ class MergeMethod:
     randomized: bool = False
     accepts: frozenset[str] = field(default_factory=frozenset)
     limitations: str = ""
+    max_models: int | None = None
+    renamed: tuple[tuple[str, str], ...] = ()  # (registered name, Python argument name)
 
     @property
     def param_names(self) -> tuple[str, ...]:
@@ -146,13 +152,16 @@ class MergeMethod:
         for key in extra:
             if extra[key] is not None:
                 raise MergeMethodError(f"method '{self.name}' does not take '{key}'")
-        call = {k: v for k, v in kwargs.items() if k not in extra}
+        arguments = dict(self.renamed)
+        call = {arguments.get(k, k): v for k, v in kwargs.items() if k not in extra}
         return self.fn(base, tensors, **call)
 
     def help_text(self) -> str:
         lines = [f"{self.name}: {self.summary}", f"  source: {self.citation}"]
         if self.limitations:
             lines.append(f"  limitations: {self.limitations}")
+        if self.max_models is not None:
+            lines.append(f"  merges at most {self.max_models} models")
         if self.needs:
             lines.append(f"  needs statistics: {', '.join(self.needs)}")
         lines += [f"  - {p.describe()}" for p in self.params]
@@ -195,6 +204,12 @@ class MergeRegistry:
 REGISTRY = MergeRegistry()
 
 
+def _registered_name(argument: str) -> str:
+    """``lambda_`` -> ``lambda``: recipes may name a parameter that Python cannot."""
+    stem = argument[:-1]
+    return stem if argument.endswith("_") and keyword.iskeyword(stem) else argument
+
+
 def _param_spec(name: str, parameter: inspect.Parameter, hint: Any) -> ParamSpec:
     meta = Param()
     base_type = hint
@@ -206,7 +221,7 @@ def _param_spec(name: str, parameter: inspect.Parameter, hint: Any) -> ParamSpec
     if parameter.default is inspect.Parameter.empty:
         raise TypeError(f"parameter '{name}' needs a default")
     return ParamSpec(
-        name=name,
+        name=_registered_name(name),
         type=base_type,
         default=parameter.default,
         low=meta.low,
@@ -226,6 +241,7 @@ def merge_method(
     needs: Sequence[str] = (),
     randomized: bool = False,
     limitations: str = "",
+    max_models: int | None = None,
     registry: MergeRegistry = REGISTRY,
 ) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
     """Register ``fn`` as merge method ``name``, reading its parameters from the signature."""
@@ -252,6 +268,8 @@ def merge_method(
             randomized=randomized,
             accepts=frozenset(accepts),
             limitations=limitations,
+            max_models=max_models,
+            renamed=tuple((_registered_name(a), a) for a in signature.parameters if _registered_name(a) != a),
         )
         registry.add(method, aliases)
         return fn

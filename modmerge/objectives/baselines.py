@@ -72,6 +72,20 @@ BASELINES: tuple[Baseline, ...] = (
     Baseline("PCB", "pcb", tune=("drop_ratio", "scaling")),
     Baseline("Fisher", "fisher"),
     Baseline("RegMean", "regmean", tune=("alpha",)),
+    # mergekit's methods; those defined on two models run only on two-task zoos
+    Baseline("Breadcrumbs (TIES)", "breadcrumbs_ties", tune=("density", "lambda")),
+    Baseline("DARE linear (mergekit)", "dare_linear", tune=("density", "lambda")),
+    Baseline("DARE TIES (mergekit)", "dare_ties", tune=("density", "lambda")),
+    Baseline("DELLA", "della", tune=("density", "lambda")),
+    Baseline("DELLA (linear)", "della_linear", tune=("density", "lambda")),
+    Baseline("SCE", "sce", tune=("select_topk",)),
+    Baseline("Model Stock", "model_stock"),
+    Baseline("Multi-SLERP", "multislerp"),
+    Baseline("Karcher", "karcher"),
+    Baseline("SLERP", "slerp", tune=("t",)),
+    Baseline("NuSLERP", "nuslerp"),
+    Baseline("NearSwap", "nearswap", tune=("t",)),
+    Baseline("Arcee Fusion", "arcee_fusion"),
 )
 
 
@@ -173,6 +187,11 @@ def run_baselines(
             test = test_pool.evaluate_many(states)
             result = BaselineResult(baseline.name, None, {}, cost, None, test)
         else:
+            limit = get_method(baseline.method).max_models
+            if limit is not None and len(source.tasks) > limit:
+                logger.warning("%s skipped: %s merges at most %d models, '%s' has %d tasks",
+                               baseline.name, baseline.method, limit, source.name, len(source.tasks))
+                continue
             needs = get_method(baseline.method).needs
             stats = task_statistics(source, needs[0], examples=statistics_examples, cache=stats_cache) if needs else None
             tasks = [own[t] for t in source.tasks]
