@@ -17,7 +17,7 @@ so their fine-tuned bodies conflict when merged:
 Example::
 
     >>> zoo = build_tiny(ZooStore(tmp_path), seed=0)   # doctest: +SKIP
-    >>> zoo.tasks
+    >>> zoo.tasks                                      # doctest: +SKIP
     ['has_animal', 'has_color', 'first_group', 'food_over_tool']
 """
 

@@ -48,6 +48,21 @@ def header_bomb(side: int = 20000) -> bytes:
     return png(side, side, idat=zlib.compress(b"\0" * 64))
 
 
+def pixel_decodes(monkeypatch) -> list[tuple[int, int]]:
+    """The sizes of the images PIL decompresses from now on (a list that grows per decode)."""
+    from PIL import ImageFile
+
+    decoded: list[tuple[int, int]] = []
+    load = ImageFile.ImageFile.load
+
+    def counting_load(self):  # type: ignore[no-untyped-def]
+        decoded.append(self.size)
+        return load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", counting_load)
+    return decoded
+
+
 def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
