@@ -71,7 +71,9 @@ def summary_markdown(payload: dict[str, Any], baseline_rows: Sequence[dict[str, 
         picked = [r["representatives"][name] for r in payload["runs"] if r["representatives"][name] is not None]
         label = f"MERGE-{recipe['method']} ({name})"
         if not picked:
-            lines.append(f"| {label} | - | " + " | ".join("-" for _ in tasks) + " | none qualified |")
+            bar = {"G1": "base_method_validation", "G2": "best_baseline_validation"}.get(name)
+            why = "no baselines given" if bar and payload.get("bars", {}).get(bar) is None else "none qualified"
+            lines.append(f"| {label} | - | " + " | ".join("-" for _ in tasks) + f" | {why} |")
             continue
         cost = _mean_std([p["storage_cost"] for p in picked], digits=4)
         cells = " | ".join(_mean_std([100 * _figures(p)["per_task"][t] for p in picked]) for t in tasks)

@@ -46,3 +46,13 @@ def test_the_search_cost_sums_only_the_runs_whose_work_was_counted():
             "10 real evaluations, 8 task runs against 10") in text
     text = summary_markdown(_payload([uncounted]), [])
     assert "Evaluation cost of the search: not recorded for these runs." in text and "real evaluations" not in text
+
+
+def test_a_representative_without_its_bar_says_no_baselines_were_given():
+    runs = [_run(0.4, 0.7)]  # G2 is None in every run
+    without = summary_markdown({**_payload(runs), "bars": {"base_method_validation": 0.6,
+                                                           "best_baseline_validation": None}}, [])
+    assert "| MERGE-ties (G2) | - | - | no baselines given |" in without
+    beaten = summary_markdown({**_payload(runs), "bars": {"base_method_validation": 0.6,
+                                                          "best_baseline_validation": 0.9}}, [])
+    assert "| MERGE-ties (G2) | - | - | none qualified |" in beaten
