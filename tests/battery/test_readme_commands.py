@@ -26,6 +26,7 @@ from battery_support import REPO, invoke, spawn
 
 from modmerge.cli import main
 from modmerge.library import Library
+from modmerge.zoo.suite_export import write_suite
 
 README = REPO / "README.md"
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
@@ -36,6 +37,7 @@ TASK = "has_color"
 CASES: dict[str, list[str]] = {
     "zoo list": ["zoo", "list", "--cache", "{cache}"],
     "zoo build": ["zoo", "build", "tiny", "--cache", "{cache}"],
+    "suite check": ["suite", "check", "{suite}"],
     "baselines": ["baselines", "tiny", "--out", "{work}/tiny-base", "--cache", "{cache}", "--methods",
                   "Individual,Task Arithmetic", "--val-limit", "16", "--test-limit", "16", "--points", "2"],
     "search": ["search", "{work}/search.yaml", "--out", "{work}/run", "--cache", "{cache}"],
@@ -145,7 +147,10 @@ def paths(tiny_zoo, tmp_path_factory) -> dict[str, Path | int]:
     with socket.socket() as sock:  # a free port for serve (a race with other processes is unlikely)
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    return {"work": work, "cache": tiny_zoo.root.parent.parent, "port": port,
+    suite = tiny_zoo.root / "suite" / "suite.yaml"
+    if not suite.is_file():  # the session's tiny zoo is built without the registry's suite export
+        write_suite(tiny_zoo)
+    return {"work": work, "cache": tiny_zoo.root.parent.parent, "port": port, "suite": suite,
             "models": _model_dirs(tiny_zoo, tmp_path_factory.mktemp("readme_models"))}
 
 
@@ -170,6 +175,11 @@ def library(paths, search_run) -> Library:
 def test_zoo_list_and_build(paths, tiny_zoo):
     assert "tiny" in run("zoo list", paths)
     assert all(task in run("zoo build", paths) for task in tiny_zoo.tasks)  # already built: nothing to do
+
+
+def test_suite_check(paths, tiny_zoo):
+    output = run("suite check", paths)
+    assert all(task in output for task in tiny_zoo.tasks)
 
 
 def test_search_writes_the_readme_outputs(search_run):
