@@ -26,3 +26,26 @@ class ComponentError(ModmergeError):
 
 class MergeMethodError(ModmergeError):
     """A merge method is unknown or was called with bad parameters or inputs."""
+
+
+def validation_line(err: object) -> str:
+    """A pydantic ``ValidationError`` as one line: ``field.path: message`` per error, joined by ``; ``.
+
+    >>> from pydantic import BaseModel, ConfigDict
+    >>> class R(BaseModel):
+    ...     model_config = ConfigDict(extra="forbid")
+    ...     budget: int
+    >>> try:
+    ...     R.model_validate({"budget": "x", "budgte": 3})
+    ... except Exception as e:
+    ...     print(validation_line(e))
+    budget: Input should be a valid integer, unable to parse string as an integer; budgte: unknown field
+    """
+    parts = []
+    for e in err.errors():  # type: ignore[attr-defined]
+        loc = ".".join(str(p) for p in e["loc"]) or "recipe"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)

@@ -29,9 +29,8 @@ from typing import Any
 import torch
 
 from modmerge.checkpoints.pickle_io import PickleSource, refuse_pickle
-from modmerge.checkpoints.resolve import open_checkpoint, read_json
 from modmerge.checkpoints.safetensors_io import SafetensorsFile
-from modmerge.checkpoints.source import Checkpoint, TensorInfo, TensorSource
+from modmerge.checkpoints.source import Checkpoint, TensorInfo, TensorSource, read_json
 from modmerge.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -307,13 +306,23 @@ class AdapterSource:
             self._patches.setdefault(bias_key, []).append(_Patch("scale_flat", (vec_key,)))
 
 
+def adapter_base_spec(path: Path) -> tuple[str, str | None]:
+    """The base model an adapter directory names (``base_model_name_or_path``) and its revision."""
+    config = read_json(path / "adapter_config.json")
+    spec = config.get("base_model_name_or_path")
+    if not spec:
+        raise CheckpointError(f"{path / 'adapter_config.json'}: no base_model_name_or_path; pass the base model explicitly")
+    return str(spec), config.get("revision")
+
+
 def open_adapter(
-    path: Path, *, base: Checkpoint | None = None, allow_pickle: bool = False
+    path: Path, *, base: Checkpoint, allow_pickle: bool = False, owns_base: bool = False
 ) -> Checkpoint:
     """Open a PEFT adapter directory as a dense checkpoint over ``base``.
 
-    Without ``base``, the adapter config's ``base_model_name_or_path`` is opened with
-    :func:`open_checkpoint` (and closed with the returned checkpoint).
+    With ``owns_base`` the base is closed with the returned checkpoint (or on failure here);
+    :func:`~modmerge.checkpoints.resolve.open_checkpoint` opens the base an adapter names
+    (:func:`adapter_base_spec`) that way.
 
     Example::
 
@@ -329,17 +338,6 @@ def open_adapter(
             raise CheckpointError(f"{path}: adapter_config.json but no adapter_model.safetensors")
         if not allow_pickle:
             raise refuse_pickle(weights)
-    owns_base = base is None
-    if base is None:
-        spec = config.get("base_model_name_or_path")
-        if not spec:
-            raise CheckpointError(
-                f"{path / 'adapter_config.json'}: no base_model_name_or_path; pass the base model explicitly"
-            )
-        try:
-            base = open_checkpoint(spec, allow_pickle=allow_pickle, revision=config.get("revision"))
-        except CheckpointError as err:
-            raise CheckpointError(f"{path}: cannot open the adapter's base model: {err}") from err
     adapter: TensorSource | None = None
     try:
         adapter = (

@@ -4,19 +4,18 @@ lazy :class:`Checkpoint`.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from modmerge.checkpoints.peft_adapter import adapter_base_spec, open_adapter
 from modmerge.checkpoints.pickle_io import PICKLE_SUFFIXES, PickleSource, refuse_pickle
 from modmerge.checkpoints.safetensors_io import SafetensorsFile
-from modmerge.checkpoints.source import Checkpoint, TensorInfo, TensorSource
+from modmerge.checkpoints.source import Checkpoint, TensorInfo, TensorSource, read_json
 from modmerge.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -113,10 +112,14 @@ def _open_file(path: Path, *, allow_pickle: bool) -> TensorSource:
 
 def _open_directory(path: Path, *, allow_pickle: bool, base: Checkpoint | None) -> Checkpoint:
     if (path / "adapter_config.json").is_file():
-        # Imported here: the adapter module itself opens base checkpoints through this module.
-        from modmerge.checkpoints.peft_adapter import open_adapter
-
-        return open_adapter(path, base=base, allow_pickle=allow_pickle)
+        if base is not None:
+            return open_adapter(path, base=base, allow_pickle=allow_pickle)
+        spec, revision = adapter_base_spec(path)
+        try:
+            owned = open_checkpoint(spec, allow_pickle=allow_pickle, revision=revision)
+        except CheckpointError as err:
+            raise CheckpointError(f"{path}: cannot open the adapter's base model: {err}") from err
+        return open_adapter(path, base=owned, allow_pickle=allow_pickle, owns_base=True)
     source, files = _directory_weights(path, allow_pickle=allow_pickle)
     config_path = path / "config.json"
     config = read_json(config_path) if config_path.is_file() else None
@@ -179,17 +182,6 @@ def _require_shards(index: Path, shards: set[Path]) -> None:
         raise CheckpointError(
             f"{index}: shard file '{missing[0]}' is missing ({len(missing)} missing)"
         )
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    """Read a JSON object, turning any failure into a CheckpointError naming the file."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path}: cannot read JSON ({err})") from err
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return data
 
 
 def _download_snapshot(repo_id: str, revision: str | None) -> Path:

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from modmerge.cli import _CACHE_OPTION, _friendly, _task_progress, err_console, main
+from modmerge.cli.common import CACHE_OPTION, err_console, friendly, main, task_progress
 
 _LIB = click.argument("lib_dir", type=click.Path(file_okay=False, path_type=Path))
 
@@ -23,7 +23,7 @@ def library() -> None:
 @library.command("build")
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @_LIB
-@_CACHE_OPTION
+@CACHE_OPTION
 @click.option("--no-router", is_flag=True, help="Store no router (inputs must then name their task).")
 @click.option("--router-per-task", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Router training examples per task (the paper's setting).")
@@ -37,7 +37,7 @@ def library() -> None:
 @click.option("--router-pooling", type=click.Choice(["cls", "mean"]), default=None,
               help="How router features pool tokens (default: mean for texts, cls for images).")
 @click.option("--device", default="cpu", show_default=True, help="Device for router features and training.")
-@_friendly
+@friendly
 def library_build(run_dir: Path, lib_dir: Path, cache: Path | None, no_router: bool, router_per_task: int,
                   router_epochs: int, router_test_limit: int | None, router_feature_layers: int | None,
                   router_pooling: str | None, device: str) -> None:
@@ -61,7 +61,7 @@ def library_build(run_dir: Path, lib_dir: Path, cache: Path | None, no_router: b
         config = RouterConfig.for_source(zoo, per_task=router_per_task, epochs=router_epochs,
                                       feature_layers=router_feature_layers,
                                       **({"pooling": router_pooling} if router_pooling else {}))
-        with _task_progress() as bar:
+        with task_progress() as bar:
             model, report = fit_router(zoo, config, device=device, progress=bar, test_limit=router_test_limit)
         click.echo(f"router: test accuracy {report['test_accuracy']:.3f} over {len(config.tasks)} tasks "
                    f"({report['train_examples']} training examples, {report['seconds']:.0f} s)")
@@ -88,7 +88,7 @@ def library_build(run_dir: Path, lib_dir: Path, cache: Path | None, no_router: b
 
 @library.command("verify")
 @_LIB
-@_friendly
+@friendly
 def library_verify(lib_dir: Path) -> None:
     """Check every blob of LIB_DIR against its sha256; exit 2 listing each problem."""
     from modmerge.library import Library
@@ -105,7 +105,7 @@ def library_verify(lib_dir: Path) -> None:
 @library.command("ls", short_help="One row per configuration: storage cost, bytes on disk, performance.")
 @_LIB
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@_friendly
+@friendly
 def library_ls(lib_dir: Path, as_json: bool) -> None:
     """One row per configuration: storage cost (eq. 8), bytes on disk, performance, modules."""
     from modmerge.library import Library

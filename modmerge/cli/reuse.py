@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from modmerge.atomic import write_json, write_text
-from modmerge.cli import _friendly, _task_progress, err_console, main
+from modmerge.cli.common import err_console, friendly, main, task_progress
 from modmerge.errors import ModmergeError
 from modmerge.image_files import DEFAULT_MAX_IMAGE_PIXELS
 
@@ -51,7 +51,7 @@ def library_source(lib: Any, cache: Path | None) -> Any:
 @click.option("--max-image-pixels", type=click.IntRange(1), default=DEFAULT_MAX_IMAGE_PIXELS, show_default=True,
               help="Image files with more pixels are refused before they are decoded.")
 @_ZOO_CACHE
-@_friendly
+@friendly
 def predict(
     lib_dir: Path, budget: float | None, config_id: str | None, input_path: Path, output_path: Path,
     task: str | None, device: str, batch_size: int | None, cache_bytes: int, max_image_pixels: int,
@@ -68,7 +68,7 @@ def predict(
     engine = ReuseEngine(lib, budget=budget, config_id=config_id, device=device, cache_bytes=cache_bytes,
                          batch_size=batch_size, source=library_source(lib, cache), max_image_pixels=max_image_pixels)
     started = time.perf_counter()
-    with _task_progress() as bar:
+    with task_progress() as bar:
         job = bar.add_task(f"predict ({engine.config.id})", total=len(raws))
         results = engine.predict(raws, tasks=None if task is None else [task] * len(raws),
                                  progress=lambda n: bar.advance(job, n))
@@ -88,7 +88,7 @@ def predict(
 @click.option("--task", required=True, help="The task whose assembled model to export.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it exists (atomically).")
 @_ZOO_CACHE
-@_friendly
+@friendly
 def export(lib_dir: Path, out_dir: Path, config_id: str, task: str, overwrite: bool, cache: Path | None) -> None:
     """Write TASK's assembled model under configuration --config as a Hugging Face model directory."""
     from modmerge.reuse.export import export_model
@@ -118,7 +118,7 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Cache root holding the library's zoo, when it was built from one (its splits are evaluated; "
                    "default: $MODMERGE_CACHE). A suite's files are read where the library recorded them.")
-@_friendly
+@friendly
 def evaluate(lib_dir: Path, budgets: tuple[float, ...], split: str, limit: int | None, out_path: Path | None,
              device: str, cache: Path | None) -> None:
     """The budget table: per budget pi, the configuration chosen, its storage cost, performance with

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from modmerge.cli import _friendly, err_console, main
+from modmerge.cli.common import err_console, friendly, main
 from modmerge.errors import ModmergeError
 from modmerge.image_files import DEFAULT_MAX_IMAGE_PIXELS
 from modmerge.regular_files import read_regular
@@ -43,7 +43,7 @@ TOKEN_ENV = "MODMERGE_TOKEN"
                    "routing needs.")
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="Torch intra-op threads (default: torch's; 1 is fastest on a crowded machine).")
-@_friendly
+@friendly
 def serve(
     lib_dir: Path, budget: float | None, config_id: str | None, host: str, port: int, allow_remote: bool,
     token_file: Path | None, no_auth: bool, device: str, max_inputs: int, max_body_bytes: int, queue_size: int,

@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from modmerge.atomic import remove_dead_staging, staging_dir, write_text
 from modmerge.checkpoints.writer import COPY_PATTERNS, move_into_place
-from modmerge.errors import ModmergeError
+from modmerge.errors import ModmergeError, validation_line
 from modmerge.experts.modules import Module, ModuleKey
 from modmerge.library.blobs import write_blob
 from modmerge.library.manifest import (
@@ -42,7 +42,6 @@ from modmerge.library.manifest import (
 )
 from modmerge.library.store import Library
 from modmerge.objectives.performance import TaskMergeProblem, chain
-from modmerge.recipes.schema import _one_line
 from modmerge.search.grouping import GroupingMatrix
 from modmerge.tasks.source import TaskSource, entries
 from modmerge.tasks.taskpool import head_kind_keys, max_length
@@ -102,7 +101,7 @@ def _build_into(
         # The search ran on whatever device it had; module values do not depend on it.
         recipe = SearchRecipe.model_validate({**payload["recipe"], "device": "cpu"})
     except ValidationError as err:
-        raise LibraryError(f"{where}: recipe: {_one_line(err)}") from None
+        raise LibraryError(f"{where}: recipe: {validation_line(err)}") from None
     if list(payload.get("tasks", source.tasks)) != source.tasks:
         raise LibraryError(f"{where}: tasks {payload.get('tasks')} differ from '{source.name}' tasks {source.tasks}")
     randomized = recipe.call().merge_method.randomized

@@ -24,11 +24,10 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from modmerge.errors import CheckpointError
+from modmerge.errors import CheckpointError, validation_line
 from modmerge.library.blobs import blob_path, check_blob, read_blob
 from modmerge.library.manifest import FORMAT, ConfigEntry, LibraryError, LibraryManifest, TaskInfo
 from modmerge.quantization import CompressedTensor
-from modmerge.recipes.schema import _one_line
 from modmerge.regular_files import UnsafeFileError, open_regular, read_regular
 
 MANIFEST = "manifest.json"
@@ -69,7 +68,7 @@ class Library:
         try:
             manifest = LibraryManifest.model_validate(data)
         except ValidationError as err:
-            raise LibraryError(f"{path}: {_one_line(err)}") from None
+            raise LibraryError(f"{path}: {validation_line(err)}") from None
         unsafe = manifest.unsafe_blob_name()
         if unsafe is not None:
             raise LibraryError(f"{path}: {unsafe}")

@@ -278,7 +278,6 @@ def merge_method(
 
 
 def get_method(name: str) -> MergeMethod:
-    """Look up a registered merge method by name or alias."""
-    import modmerge.merging  # noqa: F401  (importing the package registers every method)
-
+    """Look up a registered merge method by name or alias (importing this module imports the
+    :mod:`modmerge.merging` package first, which registers every method)."""
     return REGISTRY.get(name)

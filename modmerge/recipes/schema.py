@@ -29,7 +29,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from modmerge.errors import MergeMethodError, RecipeError
+from modmerge.errors import MergeMethodError, RecipeError, validation_line
 from modmerge.merging import get_method
 
 Kind = Literal["embed", "attn", "mlp", "norm", "head", "other"]
@@ -136,17 +136,6 @@ def _check_method(name: str, params: dict[str, Any], where: str) -> None:
         raise ValueError(f"{where}: {err}") from None
 
 
-def _one_line(err: ValidationError) -> str:
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "recipe"
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown field"
-        parts.append(f"{loc}: {msg}")
-    return "; ".join(parts)
-
-
 def parse_recipe(data: Any, *, source: str = "recipe") -> MergeRecipe:
     """Validate a parsed YAML/JSON mapping. Raises RecipeError naming ``source`` and the field."""
     if not isinstance(data, dict):
@@ -154,7 +143,7 @@ def parse_recipe(data: Any, *, source: str = "recipe") -> MergeRecipe:
     try:
         return MergeRecipe.model_validate(data)
     except ValidationError as err:
-        raise RecipeError(f"{source}: {_one_line(err)}") from None
+        raise RecipeError(f"{source}: {validation_line(err)}") from None
 
 
 def load_recipe(path: str | Path) -> MergeRecipe:

@@ -25,9 +25,8 @@ import numpy as np
 from pydantic import ValidationError
 
 from modmerge.checkpoints import Checkpoint
-from modmerge.errors import ModmergeError, RecipeError
+from modmerge.errors import ModmergeError, RecipeError, validation_line
 from modmerge.objectives.models_problem import Evaluator, ModelsMergeProblem, ModelSource
-from modmerge.recipes.schema import _one_line
 from modmerge.search.driver import SearchRecipe, _baseline_figures, save_recipe
 from modmerge.search.grouping import GroupingMatrix
 from modmerge.search.outputs import (
@@ -260,7 +259,7 @@ def _validated(fields: dict[str, Any]) -> SearchRecipe:
         recipe.call()
         recipe.quant()
     except ValidationError as err:
-        raise RecipeError(f"merge_search: {_one_line(err)}") from None
+        raise RecipeError(f"merge_search: {validation_line(err)}") from None
     except (ModmergeError, ValueError, TypeError) as err:  # method / quantisation errors carry one line
         raise RecipeError(f"merge_search: {err}") from None
     if recipe.budget < recipe.population:

@@ -42,12 +42,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from modmerge.atomic import write_json
-from modmerge.errors import RecipeError
+from modmerge.errors import RecipeError, validation_line
 from modmerge.experts.modules import ModuleKey
 from modmerge.objectives.performance import EvaluationCounters, TaskMergeProblem, chain
 from modmerge.quantization import QuantConfig
 from modmerge.recipes.plan import MethodCall
-from modmerge.recipes.schema import Rule, _one_line
+from modmerge.recipes.schema import Rule
 from modmerge.search.grouping import GroupingMatrix
 from modmerge.search.outputs import (
     history_record,
@@ -173,7 +173,7 @@ def load_search_recipe(path: str | Path, overrides: dict[str, Any] | None = None
         recipe.call()
         recipe.quant()
     except ValidationError as err:
-        raise RecipeError(f"{path}: {_one_line(err)}") from None
+        raise RecipeError(f"{path}: {validation_line(err)}") from None
     except Exception as err:  # method / quantisation errors already carry one line
         raise RecipeError(f"{path}: {err}") from None
     if recipe.budget < recipe.population:
