@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from modmerge.search.driver import SearchRecipe, load_search_recipe, source_problem
+from modmerge.search.driver import source_problem
 from modmerge.search.pareto import non_dominated
+from modmerge.search.recipe import SearchRecipe, load_search_recipe
 from modmerge.search.state import load_state
 from modmerge.zoo.store import ZooStore
 
@@ -42,12 +43,12 @@ def main() -> None:
         recipe = SearchRecipe.model_validate(json.loads((args.run_dir / "search_recipe.json").read_text()))
     state = load_state(args.run_dir / f"run{args.run}" / "state.json")
     pareto = state.pareto()
-    zoo = ZooStore.default().load(recipe.zoo)
+    zoo = ZooStore.default().load(recipe.source.zoo)
     problem = source_problem(recipe.model_copy(update={"precision": "float32"}), zoo, seed=recipe.seed + args.run)
     exact = problem.evaluate([r.grouping for r in pareto])
-    print(f"{args.run_dir} run {args.run}: {len(pareto)} Pareto configurations, searched at {recipe.precision}, "
-          f"{recipe.validation_limit} validation examples per task")
-    print(f"| C | P ({recipe.precision}) | P (float32) | difference |")
+    print(f"{args.run_dir} run {args.run}: {len(pareto)} Pareto configurations, searched at {recipe.source.precision}, "
+          f"{recipe.source.validation_limit} validation examples per task")
+    print(f"| C | P ({recipe.source.precision}) | P (float32) | difference |")
     print("|---|---|---|---|")
     low = np.array([r.performance for r in pareto])
     full = np.array([e.performance for e in exact])

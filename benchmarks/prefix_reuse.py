@@ -25,14 +25,15 @@ import numpy as np
 import torch
 from modmerge.zoo.batching import eval_batches
 
-from modmerge.objectives.performance import TaskMergeProblem, chain
+from modmerge.experts.grouping import GroupingMatrix
+from modmerge.objectives.evaluation import Evaluation
+from modmerge.objectives.performance import chain
 from modmerge.objectives.prefix_cache import PrefixCache, prefix_keys
+from modmerge.objectives.problem import MergeProblem
 from modmerge.quantization import QuantConfig
 from modmerge.recipes.plan import MethodCall
 from modmerge.search.config import SearchConfig
-from modmerge.search.grouping import GroupingMatrix
 from modmerge.search.nsga import run_search
-from modmerge.search.problem import Evaluation
 from modmerge.zoo.store import ZooStore
 
 
@@ -71,8 +72,8 @@ def load() -> str:
 def measure(args: argparse.Namespace) -> dict:
     zoo = ZooStore.default().load(args.zoo)
 
-    def problem(prefix_bytes: int) -> TaskMergeProblem:
-        return TaskMergeProblem(zoo, MethodCall.build(args.method, {}), QuantConfig(), limit=args.limit,
+    def problem(prefix_bytes: int) -> MergeProblem:
+        return MergeProblem.from_source(zoo, MethodCall.build(args.method, {}), QuantConfig(), limit=args.limit,
                                prefix_cache_bytes=prefix_bytes)
 
     first = problem(args.prefix_mb * 2**20)

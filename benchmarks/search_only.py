@@ -16,10 +16,12 @@ outputs (summary, plot) without searching again.
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from pathlib import Path
 
-from modmerge.search.driver import check_resume, load_search_recipe, run_one, save_recipe
+from modmerge.search.driver import run_one, source_problem
+from modmerge.search.recipe import check_resume, load_search_recipe, save_recipe
 from modmerge.zoo.store import ZooStore
 
 
@@ -31,14 +33,16 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="continue the runs saved in --out")
     args = parser.parse_args()
     recipe = load_search_recipe(args.recipe, {"runs": args.runs} if args.runs else None)
-    if recipe.zoo is None:
+    if recipe.source.zoo is None:
         parser.error("a zoo recipe is needed (zoo: NAME)")
     check_resume(recipe, args.out, args.resume)
-    zoo = ZooStore.default().load(recipe.zoo)
+    zoo = ZooStore.default().load(recipe.source.zoo)
     save_recipe(recipe, args.out)
     for i in range(recipe.runs):
         started = time.perf_counter()
-        state, problem = run_one(recipe, zoo, args.out / f"run{i}", recipe.seed + i, resume=args.resume)
+        problem_for = functools.partial(source_problem, recipe, zoo)
+        problem = problem_for(recipe.seed + i)
+        state = run_one(recipe, problem, problem_for, args.out / f"run{i}", recipe.seed + i, resume=args.resume)
         last = state.history[-1]
         print(f"run {i} (seed {recipe.seed + i}): {last.evaluations} evaluations, HV {last.hypervolume:.4f}, "
               f"{time.perf_counter() - started:.0f} s", flush=True)

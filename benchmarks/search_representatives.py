@@ -16,7 +16,7 @@ import json
 import statistics
 from pathlib import Path
 
-from modmerge.search.grouping import GroupingMatrix
+from modmerge.experts.grouping import GroupingMatrix
 from modmerge.search.representatives import select_representatives
 from modmerge.search.state import load_state
 

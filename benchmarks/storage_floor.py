@@ -17,10 +17,11 @@ import argparse
 import json
 from collections import defaultdict
 
-from modmerge.objectives.performance import TaskMergeProblem, modules_of
+from modmerge.experts.grouping import GroupingMatrix
+from modmerge.objectives.performance import modules_of
+from modmerge.objectives.problem import MergeProblem
 from modmerge.quantization import QuantConfig
 from modmerge.recipes.plan import MethodCall
-from modmerge.search.grouping import GroupingMatrix
 from modmerge.zoo.store import ZooStore
 
 
@@ -43,7 +44,7 @@ def main() -> None:
     shares: dict[str, float] = defaultdict(float)
     totals = {}
     for granularity in args.granularity:
-        problem = TaskMergeProblem(zoo, call, QuantConfig(granularity=granularity, mode=args.mode), limit=1,
+        problem = MergeProblem.from_source(zoo, call, QuantConfig(granularity=granularity, mode=args.mode), limit=1,
                                   prefix_cache_bytes=0)
         g = GroupingMatrix.all_merged(problem.n_tasks, problem.n_units)
         totals[granularity] = problem.storage_cost(g)

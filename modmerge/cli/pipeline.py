@@ -263,6 +263,9 @@ def baselines(
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
 @CACHE_OPTION
 @click.option("--resume", is_flag=True, help="Continue the runs saved in --out (state.json per run).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace a previous search in --out (its run files and run<i>/ folders; nothing else is removed). "
+                   "Without it, or --resume, a used --out is refused.")
 @click.option("--runs", type=int, default=None, help="Independent seeded runs (mean and std reported).")
 @click.option("--budget", type=int, default=None, help="Real evaluations per run (paper: 300).")
 @click.option("--population", type=int, default=None, help="Population size (paper: 20).")
@@ -278,23 +281,27 @@ def baselines(
                    "(1.9x on an AVX-512-BF16 CPU; a warning says when it is slower).")
 @friendly
 def search(
-    recipe: Path, out_dir: Path, cache: Path | None, resume: bool, runs: int | None, budget: int | None,
+    recipe: Path, out_dir: Path, cache: Path | None, resume: bool, overwrite: bool, runs: int | None, budget: int | None,
     population: int | None, seed: int | None, no_surrogate: bool, init: str | None, granularity: str | None,
     precision: str | None,
 ) -> None:
     """MERGE offline optimisation: search the Pareto set of (storage cost, performance) on a task
     suite (recipe field `suite:`), a built zoo (`zoo:`), or evaluator callables (pretrained,
     models and evaluators)."""
-    from modmerge.search.driver import load_search_recipe, run_search_recipe
+    from modmerge.search.driver import prepare_out_dir, run_search_recipe
+    from modmerge.search.recipe import check_resume, load_search_recipe
 
     overrides = {"runs": runs, "budget": budget, "population": population, "seed": seed, "init": init,
                  "granularity": granularity, "surrogate": False if no_surrogate else None, "precision": precision}
     parsed = load_search_recipe(recipe, overrides)
+    check_resume(parsed, out_dir, resume)  # refusals before the source opens
+    if not overwrite:
+        prepare_out_dir(out_dir, resume=resume, overwrite=False)
     source = None
     if parsed.has_source:  # a missing suite or zoo is an error before any work
         from modmerge.cli.sources import open_source
 
-        source = open_source(str(parsed.suite or parsed.zoo), cache)
+        source = open_source(str(getattr(parsed.source, parsed.source.form)), cache)
     started = time.perf_counter()
     with task_progress() as bar:
         task = bar.add_task("search", total=parsed.budget * parsed.runs)
@@ -313,7 +320,8 @@ def search(
             if not err_console.is_terminal and (done == total or done % max(1, total // 10) == 0):
                 click.echo(f"[{time.perf_counter() - started:7.0f} s] {line}", err=True)
 
-        payload = run_search_recipe(parsed, out_dir, source=source, resume=resume, callback=show, test_progress=show_test)
+        payload = run_search_recipe(parsed, out_dir, source=source, resume=resume, overwrite=overwrite, callback=show,
+                                    test_progress=show_test)
     click.echo((out_dir / "summary.md").read_text())
     click.echo(f"wrote {out_dir}/pareto.json, history.json, summary.md, pareto.png, hypervolume.png ({len(payload['runs'])} run(s))")
 

@@ -1,6 +1,6 @@
 """`modmerge library build RUN_DIR LIB_DIR`: store every Pareto configuration's modular experts once.
 
-The modules are rebuilt from the task source (a suite or a zoo) with the search's own :class:`TaskMergeProblem` (same method
+The modules are rebuilt from the task source (a suite or a zoo) with the search's own :class:`MergeProblem` (same method
 F, parameters, quantisation Q, granularity and seed), so each configuration's rebuilt storage cost
 must equal the one in ``pareto.json``; a difference means the models changed since the search.
 
@@ -29,6 +29,7 @@ from pydantic import ValidationError
 from modmerge.atomic import remove_dead_staging, staging_dir, write_text
 from modmerge.checkpoints.writer import COPY_PATTERNS, move_into_place
 from modmerge.errors import ModmergeError, validation_line
+from modmerge.experts.grouping import GroupingMatrix
 from modmerge.experts.modules import Module, ModuleKey
 from modmerge.library.blobs import write_blob
 from modmerge.library.manifest import (
@@ -41,8 +42,10 @@ from modmerge.library.manifest import (
     chain_id,
 )
 from modmerge.library.store import Library
-from modmerge.objectives.performance import TaskMergeProblem, chain
-from modmerge.search.grouping import GroupingMatrix
+from modmerge.objectives.performance import chain
+from modmerge.objectives.problem import MergeProblem
+from modmerge.search.driver import source_problem
+from modmerge.search.recipe import SearchRecipe
 from modmerge.tasks.source import TaskSource, entries
 from modmerge.tasks.taskpool import head_kind_keys, max_length
 
@@ -94,19 +97,23 @@ def _build_into(
     staging: Path, run_dir: Path, payload: Mapping[str, Any], source: TaskSource, router: RouterWeights | None,
     progress: Progress | None,
 ) -> LibraryManifest:
-    from modmerge.search.driver import SearchRecipe, source_problem
-
     where = run_dir / "pareto.json"
     try:
         # The search ran on whatever device it had; module values do not depend on it.
-        recipe = SearchRecipe.model_validate({**payload["recipe"], "device": "cpu"})
+        fields = dict(payload["recipe"])
+        if fields.get("suite") is not None or fields.get("zoo") is not None:
+            fields["device"] = "cpu"
+        recipe = SearchRecipe.model_validate(fields)
     except ValidationError as err:
         raise LibraryError(f"{where}: recipe: {validation_line(err)}") from None
+    if not recipe.has_source:
+        raise LibraryError(f"{where}: the search scored evaluator callables, whose data a library cannot reach; "
+                           "search on a task suite (suite:) to build a library")
     if list(payload.get("tasks", source.tasks)) != source.tasks:
         raise LibraryError(f"{where}: tasks {payload.get('tasks')} differ from '{source.name}' tasks {source.tasks}")
     randomized = recipe.call().merge_method.randomized
     configs = _distinct_configurations(payload, randomized, where)
-    problems: dict[int, TaskMergeProblem] = {}
+    problems: dict[int, MergeProblem] = {}
     for seed, _, _ in configs:
         if seed not in problems:
             # The search's own construction, so modules come out bit-identical.
@@ -220,12 +227,12 @@ def _distinct_configurations(
     return out
 
 
-def _check_cost(problem: TaskMergeProblem, g: GroupingMatrix, recorded: float, source: Path) -> None:
+def _check_cost(problem: MergeProblem, g: GroupingMatrix, recorded: float, source: Path) -> None:
     rebuilt = problem.storage_cost(g)
     if abs(rebuilt - recorded) > _COST_RTOL * max(abs(recorded), 1e-30):
         raise LibraryError(
             f"{source}: configuration {g.key()} rebuilds with storage cost {rebuilt!r}, pareto.json says "
-            f"{recorded!r} ('{problem.source.name}' changed since the search?)"
+            f"{recorded!r} ('{problem.label}' changed since the search?)"
         )
 
 

@@ -35,17 +35,40 @@ State = dict[str, torch.Tensor]
 Hidden = Sequence[torch.Tensor] | None
 
 __all__ = ["EvaluatorError", "EvaluatorRunner", "PoolRunner", "StagedEvaluator", "StagedRun", "StagedRunner",
-           "TaskRunner", "staged_runner"]
+           "TaskRunner", "check_evaluators", "staged_runner"]
 
 
 class EvaluatorError(ModmergeError):
     """A task's evaluator is missing, not callable, or returned something that is not a score."""
 
 
+def check_evaluators(tasks: Sequence[str], evaluators: Mapping[str, object], *, field: str = "evaluators") -> None:
+    """Raise :class:`EvaluatorError` unless every task has exactly one callable evaluator.
+
+    >>> check_evaluators(["a"], {"a": len})
+    >>> check_evaluators(["a"], {"b": len})
+    Traceback (most recent call last):
+    ...
+    modmerge.objectives.runners.EvaluatorError: evaluators: task 'a' has no evaluator (tasks: a)
+    """
+    missing = [t for t in tasks if t not in evaluators]
+    if missing:
+        raise EvaluatorError(f"{field}: task '{missing[0]}' has no evaluator (tasks: {', '.join(tasks)})")
+    unknown = [t for t in evaluators if t not in tasks]
+    if unknown:
+        raise EvaluatorError(f"{field}: '{unknown[0]}' is not one of the models' tasks ({', '.join(tasks)})")
+    for task, fn in evaluators.items():
+        if not callable(fn):
+            raise EvaluatorError(f"{field}: the evaluator of task '{task}' is a {type(fn).__name__}, not a callable")
+
+
 class TaskRunner(Protocol):
-    """Scores a task's body (the merged tensors of its expert chain): higher is better."""
+    """Scores a task's body (the merged tensors of its expert chain): higher is better.
+    ``state(body)`` is the complete state dict it scores (the body plus what is never merged)."""
 
     def __call__(self, body: State) -> float: ...
+
+    def state(self, body: State) -> State: ...
 
 
 @runtime_checkable
@@ -110,6 +133,10 @@ class PoolRunner:
 
     def __call__(self, body: State) -> float:
         return self.run_from(body).metric
+
+    def state(self, body: State) -> State:
+        """The complete body state the pool runs: ``body`` plus the task's own head-kind keys."""
+        return self.pool.complete_state(self.task, body)
 
     def stage_of(self, key: str) -> int:
         return 0 if self._staged is None else self._staged.stage_of(key)

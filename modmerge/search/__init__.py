@@ -1,9 +1,9 @@
 """MERGE search core: grouping matrices, K-means initialisation, surrogate-assisted NSGA-II.
 
-The search works on an abstract :class:`MergeProblem` (storage cost ``C`` exact, performance
+The search works on an abstract :class:`SearchProblem` (storage cost ``C`` exact, performance
 ``P`` by real evaluation) and knows nothing about models. Modules, in the order data flows:
 
-- :mod:`~modmerge.search.grouping`: the canonical ``T x L`` :class:`GroupingMatrix`;
+- :mod:`~modmerge.experts.grouping`: the canonical ``T x L`` :class:`GroupingMatrix`;
 - :mod:`~modmerge.search.encoding`: renumbering-invariant surrogate features;
 - :mod:`~modmerge.search.init`: K-means / random / mixed initial populations;
 - :mod:`~modmerge.search.operators`: column crossover, partition mutations, tournaments;
@@ -12,8 +12,10 @@ The search works on an abstract :class:`MergeProblem` (storage cost ``C`` exact,
 - :mod:`~modmerge.search.nsga`: the loop (Algorithm 1); :mod:`~modmerge.search.state`: resumable state;
 - :mod:`~modmerge.search.representatives`: G1 / G2 / G3 of Table I;
 - :mod:`~modmerge.search.outputs`: a run's ``pareto.json`` record and ``RUN_DIR`` files;
-- :mod:`~modmerge.search.driver` (zoo recipes) and :mod:`~modmerge.search.api`
-  (:func:`merge_search` on the user's own models, one evaluator callable per task).
+- :mod:`~modmerge.search.recipe`: the typed search recipe (its source a discriminated union);
+- :mod:`~modmerge.search.driver`: the one run loop, for every source form;
+  :mod:`~modmerge.search.test_phase`: the Pareto set's resumable test metrics;
+- :mod:`~modmerge.search.api`: :func:`merge_search`, the same from Python.
 
 Example::
 
@@ -21,9 +23,9 @@ Example::
     ((0, 1), (2,))
 """
 
+from modmerge.experts.grouping import GroupingMatrix, canonical_column, count_configurations
 from modmerge.search.config import SearchConfig
 from modmerge.search.encoding import encode, encode_labels, encode_many, encoding_size
-from modmerge.search.grouping import GroupingMatrix, canonical_column, count_configurations
 from modmerge.search.init import (
     cluster_unit,
     kmeans_population,
@@ -35,7 +37,7 @@ from modmerge.search.init import (
 from modmerge.search.nsga import GenerationCallback, resume_search, run_search
 from modmerge.search.operators import binary_tournament, crossover, make_offspring, mutate
 from modmerge.search.pareto import hypervolume, non_dominated, rank_and_crowding, survival
-from modmerge.search.problem import Evaluation, Executor, LocalExecutor, MergeProblem
+from modmerge.search.problem import Evaluation, Executor, LocalExecutor, SearchProblem
 from modmerge.search.representatives import Representatives, select_representatives
 from modmerge.search.state import (
     EvaluatedConfig,
@@ -54,11 +56,11 @@ __all__ = [
     "GenerationRecord",
     "GroupingMatrix",
     "LocalExecutor",
-    "MergeProblem",
     "ParetoSolution",
     "PerformanceSurrogate",
     "Representatives",
     "SearchConfig",
+    "SearchProblem",
     "SearchResult",
     "SearchState",
     "binary_tournament",
@@ -92,8 +94,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
-    # The own-models API pulls in checkpoints, merging and the zoo driver: load it on first use,
-    # which also keeps `modmerge.objectives` -> `modmerge.search.grouping` free of an import cycle.
+    # The Python API pulls in checkpoints, merging, task pools and the driver (torch,
+    # transformers): loaded on first use, so the search core stays light to import.
     if name in ("merge_search", "SearchResult", "ParetoSolution"):
         from modmerge.search import api
 

@@ -8,7 +8,7 @@ storage cost grows with it).
 
 Example::
 
-    >>> from modmerge.search.grouping import GroupingMatrix
+    >>> from modmerge.experts.grouping import GroupingMatrix
     >>> encode(GroupingMatrix.from_array([[0], [0], [1]]), with_counts=False).tolist()
     [1.0, 0.0, 0.0]
 """
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from modmerge.search.grouping import GroupingMatrix
+from modmerge.experts.grouping import GroupingMatrix
 
 __all__ = ["encode", "encode_labels", "encode_many", "encoding_size"]
 

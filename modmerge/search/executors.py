@@ -1,34 +1,32 @@
 """Executors for real evaluations beyond the local one: Ray workers that each hold the models.
 
-Every worker builds its own :class:`~modmerge.objectives.performance.TaskMergeProblem` once
-(opening the task source, a suite or a zoo, and keeping its module and chain caches warm across generations); a batch of
-grouping matrices is spread over the workers and the results come back in order. For users
-with many GPUs or machines, point Ray at a cluster (``address``) and give each worker a GPU
-(``num_gpus``).
+Every worker builds its own :class:`~modmerge.objectives.problem.MergeProblem` once, from the
+driver's ``problem_for(seed)`` factory (a suite, a zoo, or checkpoints with evaluator callables,
+which Ray ships to the workers), and keeps its module and chain caches warm across generations;
+a batch of grouping matrices is spread over the workers and the results come back in order. For
+users with many GPUs or machines, point Ray at a cluster (``address``) and give each worker a
+GPU (``num_gpus``).
 
->>> executor = RayExecutor(source, recipe, seed=0, workers=4)  # doctest: +SKIP
+>>> executor = RayExecutor(functools.partial(source_problem, recipe, source), seed=0, workers=4)  # doctest: +SKIP
 >>> run_search(problem, config, executor=executor)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from modmerge.errors import ModmergeError
+from modmerge.experts.grouping import GroupingMatrix
+from modmerge.objectives.evaluation import Evaluation
 from modmerge.objectives.performance import EvaluationCounters
-from modmerge.search.grouping import GroupingMatrix
-from modmerge.search.problem import Evaluation
 
 
 class _Worker:
-    """A Ray actor body: one problem, built from the task source and the recipe's settings."""
+    """A Ray actor body: one problem, built by the driver's factory."""
 
-    def __init__(self, source: Any, recipe: dict[str, Any], seed: int, device: str) -> None:
-        from modmerge.search.driver import SearchRecipe, source_problem
-
-        parsed = SearchRecipe.model_validate({**recipe, "device": device})
-        self.problem = source_problem(parsed, source, seed)
+    def __init__(self, problem_for: Callable[[int], Any], seed: int) -> None:
+        self.problem = problem_for(seed)
 
     def evaluate(self, rows: list[list[list[int]]]) -> tuple[list[Evaluation], EvaluationCounters]:
         """The evaluations, and this worker's counters so far (its work since it started)."""
@@ -40,15 +38,13 @@ class RayExecutor:
 
     def __init__(
         self,
-        source: Any,
-        recipe: dict[str, Any],
+        problem_for: Callable[[int], Any],
         *,
         seed: int,
         workers: int = 2,
         address: str | None = None,
         num_cpus_per_worker: float = 1.0,
         num_gpus_per_worker: float = 0.0,
-        device: str = "cpu",
     ) -> None:
         try:
             import ray
@@ -58,7 +54,7 @@ class RayExecutor:
             ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
         actor = ray.remote(num_cpus=num_cpus_per_worker, num_gpus=num_gpus_per_worker)(_Worker)
         self._ray = ray
-        self.workers = [actor.remote(source, recipe, seed, device) for _ in range(workers)]
+        self.workers = [actor.remote(problem_for, seed) for _ in range(workers)]
         self._worker_counters = [EvaluationCounters() for _ in self.workers]
 
     def evaluate(self, gs: Sequence[GroupingMatrix]) -> list[Evaluation]:

@@ -24,7 +24,7 @@ from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_limits
 
 from modmerge.errors import ModmergeError
-from modmerge.search.grouping import GroupingMatrix, canonical_column, count_configurations
+from modmerge.experts.grouping import GroupingMatrix, canonical_column, count_configurations
 
 __all__ = [
     "cluster_unit",

@@ -16,7 +16,7 @@ generation, so a resumed run equals an uninterrupted one.
 
 Example::
 
-    >>> from modmerge.search.problem import Evaluation
+    >>> from modmerge.objectives.evaluation import Evaluation
     >>> class Toy:  # P falls as tasks 0 and 1 share units; C counts modules
     ...     n_tasks, n_units = 3, 4
     ...     def storage_cost(self, g): return sum(g.n_groups_per_unit()) / 4
@@ -40,8 +40,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from modmerge.errors import ModmergeError
+from modmerge.experts.grouping import GroupingMatrix
 from modmerge.search.config import SearchConfig
-from modmerge.search.grouping import GroupingMatrix
 from modmerge.search.init import (
     kmeans_population,
     mixed_population,
@@ -56,7 +56,7 @@ from modmerge.search.pareto import (
     rank_and_crowding,
     survival,
 )
-from modmerge.search.problem import Evaluation, Executor, LocalExecutor, MergeProblem
+from modmerge.search.problem import Evaluation, Executor, LocalExecutor, SearchProblem
 from modmerge.search.state import (
     EvaluatedConfig,
     GenerationRecord,
@@ -74,7 +74,7 @@ GenerationCallback = Callable[[GenerationRecord], None]
 
 
 def run_search(
-    problem: MergeProblem,
+    problem: SearchProblem,
     config: SearchConfig,
     *,
     unit_vectors: Sequence[np.ndarray] | None = None,
@@ -121,7 +121,7 @@ def run_search(
 
 
 def resume_search(
-    problem: MergeProblem,
+    problem: SearchProblem,
     state_path: str | os.PathLike[str],
     *,
     executor: Executor | None = None,
@@ -139,7 +139,7 @@ def resume_search(
     return _loop(problem, state, state.generator(), executor, state_path, callback)
 
 
-def _check_problem(problem: MergeProblem) -> None:
+def _check_problem(problem: SearchProblem) -> None:
     if problem.n_tasks < 1 or problem.n_units < 1:
         raise ModmergeError(
             f"search: the problem needs >= 1 task and unit, got {problem.n_tasks} x {problem.n_units}"
@@ -202,7 +202,7 @@ def _finish_generation(
 
 
 def _loop(
-    problem: MergeProblem,
+    problem: SearchProblem,
     state: SearchState,
     rng: np.random.Generator,
     executor: Executor,
@@ -252,7 +252,7 @@ def _breed(
 
 
 def _generation(
-    problem: MergeProblem, state: SearchState, rng: np.random.Generator, executor: Executor
+    problem: SearchProblem, state: SearchState, rng: np.random.Generator, executor: Executor
 ) -> GenerationRecord | None:
     """One generation (Algorithm 1, lines 4-14); ``None`` when no new candidate can be made."""
     cfg = state.config

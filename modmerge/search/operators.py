@@ -21,7 +21,7 @@ from collections.abc import Collection, Sequence
 
 import numpy as np
 
-from modmerge.search.grouping import GroupingMatrix, canonical_column
+from modmerge.experts.grouping import GroupingMatrix, canonical_column
 
 __all__ = ["binary_tournament", "crossover", "make_offspring", "mutate", "mutate_column"]
 

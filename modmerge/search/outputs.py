@@ -1,10 +1,10 @@
-"""What a search run writes, shared by the zoo driver and the own-models API.
+"""What a search run writes and returns.
 
 One seeded search (:func:`run_seeded`), its record in ``pareto.json`` (:func:`run_record`: the
 Pareto set with validation and test figures, the G1/G2/G3 representatives, the evaluation
-cost) and the run directory (:func:`write_run_dir`: ``pareto.json``, ``history.json``,
-``summary.md``, ``pareto.png``). The problem is anything with the chain-cached shape of
-:class:`~modmerge.objectives.performance.ZooMergeProblem`.
+cost), the run directory (:func:`write_run_dir`: ``pareto.json``, ``history.json``,
+``summary.md``, ``pareto.png``) and the :class:`SearchResult` the Python API returns. The
+problem is anything with the chain-cached shape of :class:`~modmerge.objectives.problem.MergeProblem`.
 
 >>> state = run_seeded(problem, seed=0, budget=10, population=5, run_dir=Path("out/run0"))  # doctest: +SKIP
 >>> record = run_record(problem, state, seed=0, tests=None, base_performance=0.8)  # doctest: +SKIP
@@ -13,16 +13,18 @@ cost) and the run directory (:func:`write_run_dir`: ``pareto.json``, ``history.j
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from modmerge.atomic import write_json, write_text
-from modmerge.objectives.performance import Chain, EvaluationCounters, chain
+from modmerge.experts.grouping import GroupingMatrix
+from modmerge.objectives.performance import EvaluationCounters
 from modmerge.search.config import SearchConfig
-from modmerge.search.grouping import GroupingMatrix
 from modmerge.search.nsga import resume_search, run_search
+from modmerge.search.pareto import non_dominated
 from modmerge.search.problem import Evaluation, Executor
 from modmerge.search.representatives import select_representatives
 from modmerge.search.state import GenerationRecord, SearchState
@@ -48,6 +50,45 @@ class ChainProblem(Protocol):
     def unit_task_vectors(self) -> list[np.ndarray]: ...
 
 
+@dataclass(frozen=True)
+class ParetoSolution:
+    """One configuration of a run's Pareto set: grouping matrix, C (eq. 8), validation P (eq. 7)."""
+
+    grouping: GroupingMatrix
+    storage_cost: float
+    performance: float
+    per_task: dict[str, float]
+    test: dict[str, float] | None
+    run: int
+    generation: int
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Every run's Pareto set, and the ``pareto.json`` payload (written under ``out_dir`` if given)."""
+
+    tasks: list[str]
+    units: list[str]
+    runs: list[list[ParetoSolution]]
+    payload: dict[str, Any]
+    out_dir: Path | None = None
+
+    @property
+    def solutions(self) -> list[ParetoSolution]:
+        return [s for run in self.runs for s in run]
+
+    def front(self) -> list[ParetoSolution]:
+        """The non-dominated solutions over all runs, by increasing storage cost.
+
+        >>> result.front()[0].storage_cost  # doctest: +SKIP
+        """
+        sols = self.solutions
+        if not sols:
+            return []
+        keep = non_dominated(np.array([[s.storage_cost, -s.performance] for s in sols]))
+        return sorted((sols[i] for i in keep), key=lambda s: (s.storage_cost, -s.performance))
+
+
 def run_seeded(
     problem: ChainProblem, *, seed: int, budget: int, population: int, surrogate: bool = True,
     init: str = "kmeans", run_dir: Path | None = None, resume: bool = False, executor: Executor | None = None,
@@ -70,27 +111,6 @@ def run_seeded(
     vectors = None if init == "random" else problem.unit_task_vectors()
     return run_search(problem, config, unit_vectors=vectors, state_path=state_path, callback=callback,
                       executor=executor)
-
-
-def chain_scores(
-    problem: ChainProblem, gs: Sequence[GroupingMatrix], score: Callable[[int, Chain], float]
-) -> list[dict[str, float]]:
-    """Each solution's per-task ``score(task, chain)``, shared between equal expert chains.
-
-    >>> chain_scores(problem, [g], lambda t, c: 1.0)  # doctest: +SKIP
-    [{'sst2': 1.0, 'mnli': 1.0}]
-    """
-    cache: dict[tuple[int, Chain], float] = {}
-    out = []
-    for g in gs:
-        per_task = {}
-        for t, name in enumerate(problem.task_names):
-            key = (t, chain(g, t, problem.unit_ids))
-            if key not in cache:
-                cache[key] = score(*key)
-            per_task[name] = cache[key]
-        out.append(per_task)
-    return out
 
 
 def whole_model_performance(problem: ChainProblem) -> float:

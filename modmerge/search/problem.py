@@ -1,6 +1,6 @@
 """What the search needs from the outside world: a problem to evaluate and an executor.
 
-The search knows nothing about models. A :class:`MergeProblem` gives the two objectives of the
+The search knows nothing about models. A :class:`SearchProblem` gives the two objectives of the
 paper for a grouping matrix: the storage cost ``C`` (eq. 8, exact and cheap, used for every
 candidate) and the performance ``P`` (eq. 7, expensive, only for the candidates that are really
 evaluated). An :class:`Executor` runs batches of real evaluations; :class:`LocalExecutor` simply
@@ -8,7 +8,8 @@ hands the batch to the problem in this process (a Ray executor can replace it).
 
 Example::
 
-    >>> from modmerge.search.grouping import GroupingMatrix
+    >>> from modmerge.experts.grouping import GroupingMatrix
+    >>> from modmerge.objectives.evaluation import Evaluation
     >>> class Toy:
     ...     n_tasks, n_units = 2, 1
     ...     def storage_cost(self, g): return float(g.n_groups(0))
@@ -20,35 +21,17 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from modmerge.search.grouping import GroupingMatrix
+from modmerge.experts.grouping import GroupingMatrix
+from modmerge.objectives.evaluation import Evaluation
 
-__all__ = ["Evaluation", "Executor", "LocalExecutor", "MergeProblem"]
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """The result of one real evaluation of a grouping matrix.
-
-    ``performance`` is ``P`` (eq. 7, higher is better); ``per_task`` the per-task validation
-    metrics (by task name, or in task order); ``storage_cost`` is ``C`` (eq. 8); ``seconds`` the
-    wall time the evaluation took (informative only: it never steers the search).
-
-    >>> Evaluation(0.8, {"sst2": 0.8}, 1.0, 2.5).performance
-    0.8
-    """
-
-    performance: float
-    per_task: Mapping[str, float] | Sequence[float]
-    storage_cost: float
-    seconds: float = 0.0
+__all__ = ["Evaluation", "Executor", "LocalExecutor", "SearchProblem"]
 
 
 @runtime_checkable
-class MergeProblem(Protocol):
+class SearchProblem(Protocol):
     """The bi-objective problem over ``T x L`` grouping matrices (see the module docstring)."""
 
     n_tasks: int
@@ -79,7 +62,7 @@ class LocalExecutor:
     'LocalExecutor'
     """
 
-    def __init__(self, problem: MergeProblem) -> None:
+    def __init__(self, problem: SearchProblem) -> None:
         self.problem = problem
 
     def evaluate(self, gs: Sequence[GroupingMatrix]) -> list[Evaluation]:

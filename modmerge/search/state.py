@@ -30,9 +30,9 @@ import numpy as np
 
 from modmerge.atomic import write_json
 from modmerge.errors import ModmergeError
+from modmerge.experts.grouping import GroupingMatrix
+from modmerge.objectives.evaluation import Evaluation
 from modmerge.search.config import SearchConfig
-from modmerge.search.grouping import GroupingMatrix
-from modmerge.search.problem import Evaluation
 
 __all__ = [
     "EvaluatedConfig",
@@ -166,13 +166,18 @@ class SearchState:
             raise ModmergeError(
                 f"search state: format {data.get('format')!r} is not the supported {STATE_FORMAT}"
             )
+        records = data["records"]
+        for name in ("population", "archive"):
+            bad = [i for i in data[name] if not isinstance(i, int) or not 0 <= i < len(records)]
+            if bad:
+                raise ValueError(f"{name} index {bad[0]!r} is not one of the {len(records)} evaluations")
         return cls(
             config=SearchConfig.from_dict(data["config"]),
             n_tasks=int(data["n_tasks"]),
             n_units=int(data["n_units"]),
             generation=int(data["generation"]),
             rng_state=data["rng_state"],
-            records=[EvaluatedConfig.from_dict(r) for r in data["records"]],
+            records=[EvaluatedConfig.from_dict(r) for r in records],
             population=[int(i) for i in data["population"]],
             archive=[int(i) for i in data["archive"]],
             history=[GenerationRecord(**h) for h in data["history"]],

@@ -7,7 +7,7 @@ and the forest runs on one thread, so predictions are reproducible.
 
 Example::
 
-    >>> from modmerge.search.grouping import GroupingMatrix
+    >>> from modmerge.experts.grouping import GroupingMatrix
     >>> gs = [GroupingMatrix.all_merged(3, 2), GroupingMatrix.individual(3, 2)]
     >>> model = fit_surrogate(gs, [0.5, 0.9], random_state=0, n_estimators=10)
     >>> model.predict(gs).shape
@@ -23,8 +23,8 @@ import numpy as np
 from sklearn.ensemble import RandomForestRegressor
 
 from modmerge.errors import ModmergeError
+from modmerge.experts.grouping import GroupingMatrix
 from modmerge.search.encoding import encode_many
-from modmerge.search.grouping import GroupingMatrix
 
 __all__ = ["PerformanceSurrogate", "fit_surrogate"]
 

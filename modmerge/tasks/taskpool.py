@@ -275,7 +275,7 @@ class TaskPool:
         if (hidden is None) != (start_layer == 0) or not 0 <= start_layer <= staged.n_layers:
             raise TaskError(f"task '{task}': start_layer {start_layer} needs the hidden states of layer {start_layer - 1}")
         first_stage = 0 if hidden is None else start_layer + 1
-        state = self._complete(task, body_state)
+        state = self.complete_state(task, body_state)
         needed = [k for k in checkpoint_key_map(staged.body).values() if staged.stage_of(k) >= first_stage]
         missing = [k for k in needed if k not in state]
         if missing:
@@ -352,7 +352,7 @@ class TaskPool:
         task's head. The next call refills the same body: use the model before asking for another."""
         entry = self.source.entry(task)
         body = self._body(entry.modality)
-        load_body_state(body, self.own_state(task) if body_state is None else self._complete(task, body_state))
+        load_body_state(body, self.own_state(task) if body_state is None else self.complete_state(task, body_state))
         return TaskClassifier(body, self._head(task), entry.pooling).eval()
 
     def labeled_batches(self, task: str, split: str | None = None) -> list[dict[str, torch.Tensor]]:
@@ -379,7 +379,8 @@ class TaskPool:
                 self._pretrained = {k: ckpt.get(k).clone() for k in ckpt.keys()}
         return self._pretrained
 
-    def _complete(self, task: str, state: State) -> State:
+    def complete_state(self, task: str, state: State) -> State:
+        """``state`` with the task's own ``head``-kind keys (BERT's pooler) filled in where it lacks them."""
         missing = [k for k in self._head_keys if k not in state]
         if not missing:
             return state

@@ -15,7 +15,8 @@ from pathlib import Path
 import uvicorn
 
 from modmerge.library import build_library
-from modmerge.search.driver import SearchRecipe, run_search_recipe
+from modmerge.search.driver import run_search_recipe
+from modmerge.search.recipe import SearchRecipe
 from modmerge.zoo.store import ZooStore
 
 

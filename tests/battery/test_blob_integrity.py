@@ -18,7 +18,8 @@ from battery_support import assert_refused, invoke
 
 from modmerge.library import Library, build_library
 from modmerge.library.blobs import blob_path
-from modmerge.search.driver import SearchRecipe, run_search_recipe
+from modmerge.search.driver import run_search_recipe
+from modmerge.search.recipe import SearchRecipe
 from modmerge.zoo.store import ZooStore
 
 TASK = "has_color"

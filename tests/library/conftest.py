@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 from library_configs import individual_and_mixed
 
+from modmerge.experts.grouping import GroupingMatrix
 from modmerge.library import Library, build_library
-from modmerge.objectives.performance import TaskMergeProblem
+from modmerge.objectives.problem import MergeProblem
 from modmerge.quantization import QuantConfig
 from modmerge.recipes.plan import MethodCall
-from modmerge.search.driver import SearchRecipe, run_search_recipe
-from modmerge.search.grouping import GroupingMatrix
+from modmerge.search.driver import run_search_recipe
+from modmerge.search.recipe import SearchRecipe
 from modmerge.zoo.store import ZooStore
 
 
@@ -30,15 +31,15 @@ def search_run(zoo_store, tmp_path_factory) -> Path:
     recipe = SearchRecipe(zoo="tiny", budget=4, population=2, runs=2, validation_limit=16, test_limit=16,
                           surrogate=False, init="random")
     out = tmp_path_factory.mktemp("search") / "run"
-    run_search_recipe(recipe, out, source=zoo_store.load(recipe.zoo))
+    run_search_recipe(recipe, out, source=zoo_store.load(recipe.source.zoo))
     return out
 
 
 @pytest.fixture(scope="session")
-def problem(tiny_zoo, search_run) -> TaskMergeProblem:
+def problem(tiny_zoo, search_run) -> MergeProblem:
     """The search's problem, rebuilt independently of the library (for expected values)."""
     recipe = json.loads((search_run / "pareto.json").read_text())["recipe"]
-    return TaskMergeProblem(tiny_zoo, MethodCall.build(recipe["method"], recipe["parameters"]),
+    return MergeProblem.from_source(tiny_zoo, MethodCall.build(recipe["method"], recipe["parameters"]),
                            QuantConfig.from_dict(recipe["quantization"]), granularity=recipe["granularity"], limit=16)
 
 

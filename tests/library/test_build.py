@@ -9,10 +9,10 @@ import torch
 from library_configs import individual_and_mixed
 
 import modmerge.library.build as build_mod
+from modmerge.experts.grouping import GroupingMatrix
 from modmerge.library import Library, LibraryError, build_library, chain_id
 from modmerge.library.blobs import blob_path
 from modmerge.objectives.performance import chain
-from modmerge.search.grouping import GroupingMatrix
 
 
 def siblings(path):

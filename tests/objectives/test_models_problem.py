@@ -10,11 +10,12 @@ from safetensors.torch import load_file
 from tiny_models import make_tiny_model
 
 from modmerge.errors import CompatibilityError, RecipeError
-from modmerge.objectives.models_problem import EvaluatorError, ModelsMergeProblem
+from modmerge.experts.grouping import GroupingMatrix
 from modmerge.objectives.performance import chain
+from modmerge.objectives.problem import MergeProblem
+from modmerge.objectives.runners import EvaluatorError
 from modmerge.quantization import QuantConfig
 from modmerge.recipes.plan import MethodCall
-from modmerge.search.grouping import GroupingMatrix
 
 NEVER = QuantConfig(mode="never")
 TA = MethodCall.build("task_arithmetic", {"scaling": 0.5})
@@ -37,7 +38,7 @@ def closeness(own):
 def problem_for(base, tasks, **kwargs):
     models = {f"t{i}": p for i, p in enumerate(tasks)}
     evaluators = {f"t{i}": closeness(weights(p)) for i, p in enumerate(tasks)}
-    return ModelsMergeProblem(base, models, evaluators, kwargs.pop("call", TA), kwargs.pop("quant", NEVER), **kwargs)
+    return MergeProblem.from_models(base, models, evaluators, kwargs.pop("call", TA), kwargs.pop("quant", NEVER), **kwargs)
 
 
 @pytest.mark.parametrize("arch", ["bert", "gpt2", "llama"])
@@ -72,7 +73,7 @@ def test_equal_chains_are_scored_once(bert_zoo):
     base, tasks = bert_zoo
     calls = []
     evaluators = {f"t{i}": (lambda s, i=i: calls.append(i) or 0.5) for i in range(3)}
-    p = ModelsMergeProblem(base, {f"t{i}": t for i, t in enumerate(tasks)}, evaluators, TA, NEVER)
+    p = MergeProblem.from_models(base, {f"t{i}": t for i, t in enumerate(tasks)}, evaluators, TA, NEVER)
     g = GroupingMatrix.individual(3, p.n_units)
     p.evaluate([g, g])
     arr = g.to_list()
@@ -85,7 +86,7 @@ def test_equal_chains_are_scored_once(bert_zoo):
 def test_quantised_modules_cost_less_and_state_dicts_work_as_sources(bert_zoo):
     base, tasks = bert_zoo
     own = [weights(t) for t in tasks]
-    p = ModelsMergeProblem(
+    p = MergeProblem.from_models(
         weights(base), {"a": own[0], "b": own[1]}, {"a": closeness(own[0]), "b": closeness(own[1])},
         TA, QuantConfig(mode="always"), granularity="layer",
     )
@@ -108,7 +109,7 @@ def test_peft_adapter_task_is_opened_dense(tmp_path, bert_zoo):
     dense = {k: v.detach().clone() for k, v in wrapped.merge_and_unload().state_dict().items()}
     seen = {}
     evaluators = {"full": lambda s: 0.0, "lora": lambda s: seen.update(s) or 0.0}
-    p = ModelsMergeProblem(base, {"full": tasks[0], "lora": tmp_path / "adapter"}, evaluators, TA, NEVER)
+    p = MergeProblem.from_models(base, {"full": tasks[0], "lora": tmp_path / "adapter"}, evaluators, TA, NEVER)
     p.evaluate([GroupingMatrix.individual(2, p.n_units)])
     key = "encoder.layer.0.attention.self.query.weight"
     torch.testing.assert_close(seen[key], dense[key])
@@ -117,25 +118,25 @@ def test_peft_adapter_task_is_opened_dense(tmp_path, bert_zoo):
 
 def test_missing_evaluator_is_an_error_before_any_checkpoint_is_read(tmp_path):
     with pytest.raises(EvaluatorError, match="task 'b' has no evaluator"):
-        ModelsMergeProblem(tmp_path / "nope", {"a": tmp_path / "x", "b": tmp_path / "y"}, {"a": len}, TA, NEVER)
+        MergeProblem.from_models(tmp_path / "nope", {"a": tmp_path / "x", "b": tmp_path / "y"}, {"a": len}, TA, NEVER)
     with pytest.raises(EvaluatorError, match="'c' is not one of the models' tasks"):
-        ModelsMergeProblem(tmp_path / "nope", {"a": "x", "b": "y"}, {"a": len, "b": len, "c": len}, TA, NEVER)
+        MergeProblem.from_models(tmp_path / "nope", {"a": "x", "b": "y"}, {"a": len, "b": len, "c": len}, TA, NEVER)
     with pytest.raises(EvaluatorError, match="evaluator of task 'b' is a str"):
-        ModelsMergeProblem(tmp_path / "nope", {"a": "x", "b": "y"}, {"a": len, "b": "len"}, TA, NEVER)
+        MergeProblem.from_models(tmp_path / "nope", {"a": "x", "b": "y"}, {"a": len, "b": "len"}, TA, NEVER)
     with pytest.raises(RecipeError, match="at least two"):
-        ModelsMergeProblem(tmp_path / "nope", {"a": "x"}, {"a": len}, TA, NEVER)
+        MergeProblem.from_models(tmp_path / "nope", {"a": "x"}, {"a": len}, TA, NEVER)
 
 
 def test_mismatched_checkpoints_are_refused(tmp_path, bert_zoo):
     base, tasks = bert_zoo
     other = make_tiny_model("gpt2", tmp_path / "gpt2")
     with pytest.raises(CompatibilityError, match="gpt2"):
-        ModelsMergeProblem(base, {"a": tasks[0], "b": other}, {"a": len, "b": len}, TA, NEVER)
+        MergeProblem.from_models(base, {"a": tasks[0], "b": other}, {"a": len, "b": len}, TA, NEVER)
 
 
 def test_an_evaluator_must_return_a_number(bert_zoo):
     base, tasks = bert_zoo
-    p = ModelsMergeProblem(base, {"a": tasks[0], "b": tasks[1]}, {"a": lambda s: 1.0, "b": lambda s: "good"},
+    p = MergeProblem.from_models(base, {"a": tasks[0], "b": tasks[1]}, {"a": lambda s: 1.0, "b": lambda s: "good"},
                            TA, NEVER)
     with pytest.raises(EvaluatorError, match="task 'b' returned a str"):
         p.evaluate([GroupingMatrix.individual(2, p.n_units)])

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from modmerge.errors import ModmergeError
+from modmerge.experts.grouping import GroupingMatrix
 from modmerge.lru import BytesLRU
-from modmerge.objectives.performance import TaskMergeProblem
+from modmerge.objectives.problem import MergeProblem
 from modmerge.quantization import QuantConfig, compress
 from modmerge.recipes.plan import MethodCall
-from modmerge.search.grouping import GroupingMatrix
 
 
 def test_bytes_lru_evicts_least_recently_used_first():
@@ -39,8 +39,8 @@ def test_full_precision_tensors_dequantise_without_a_copy():
 
 def test_a_tiny_module_cache_rebuilds_modules_and_gives_the_same_objectives(tiny_zoo):
     call, quant = MethodCall.build("ties", {"density": 0.5}), QuantConfig()
-    roomy = TaskMergeProblem(tiny_zoo, call, quant, limit=32, prefix_cache_bytes=0)
-    tight = TaskMergeProblem(tiny_zoo, call, quant, limit=32, prefix_cache_bytes=0, cache_bytes=1)
+    roomy = MergeProblem.from_source(tiny_zoo, call, quant, limit=32, prefix_cache_bytes=0)
+    tight = MergeProblem.from_source(tiny_zoo, call, quant, limit=32, prefix_cache_bytes=0, cache_bytes=1)
     rng = np.random.default_rng(0)
     gs = [GroupingMatrix.from_array(rng.integers(0, 2, (roomy.n_tasks, roomy.n_units))) for _ in range(3)]
     gs.append(gs[0])

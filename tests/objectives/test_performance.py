@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from modmerge.experts.grouping import GroupingMatrix
 from modmerge.objectives.baselines import body_keys, merge_bodies
-from modmerge.objectives.performance import TaskMergeProblem, chain, modules_of
+from modmerge.objectives.performance import chain, modules_of
+from modmerge.objectives.problem import MergeProblem
 from modmerge.quantization import QuantConfig
 from modmerge.recipes.plan import MethodCall
-from modmerge.search.grouping import GroupingMatrix
 from modmerge.tasks.taskpool import TaskPool
 
 NEVER = QuantConfig(mode="never")
@@ -18,7 +19,7 @@ NEVER = QuantConfig(mode="never")
 
 @pytest.fixture(scope="module")
 def ta_problem(tiny_zoo):
-    return TaskMergeProblem(tiny_zoo, MethodCall.build("task_arithmetic", {}), NEVER, limit=None)
+    return MergeProblem.from_source(tiny_zoo, MethodCall.build("task_arithmetic", {}), NEVER, limit=None)
 
 
 def test_individual_configuration_reproduces_each_task_model(ta_problem, tiny_zoo):
@@ -41,7 +42,7 @@ def test_all_merged_equals_the_static_merge(ta_problem, tiny_zoo):
 
 
 def test_quantised_single_model_costs_a_quarter_plus_metadata(tiny_zoo):
-    p = TaskMergeProblem(tiny_zoo, MethodCall.build("task_arithmetic", {}), QuantConfig(mode="always"), limit=32)
+    p = MergeProblem.from_source(tiny_zoo, MethodCall.build("task_arithmetic", {}), QuantConfig(mode="always"), limit=32)
     cost = p.storage_cost(GroupingMatrix.all_merged(p.n_tasks, p.n_units))
     assert 0.25 < cost < 0.34
 
@@ -57,7 +58,7 @@ def test_chains_and_modules_follow_the_grouping(ta_problem):
 
 
 def test_repeated_chains_are_not_rerun(tiny_zoo):
-    p = TaskMergeProblem(tiny_zoo, MethodCall.build("task_arithmetic", {}), NEVER, limit=32)
+    p = MergeProblem.from_source(tiny_zoo, MethodCall.build("task_arithmetic", {}), NEVER, limit=32)
     g = GroupingMatrix.all_merged(p.n_tasks, p.n_units)
     p.evaluate([g, g])
     assert p.counters.task_runs == p.n_tasks
@@ -98,7 +99,7 @@ def test_split_metrics_match_full_forwards_on_the_test_split(ta_problem, tiny_zo
 def test_a_cut_off_test_phase_resumes_from_its_saved_task_runs(ta_problem, tiny_zoo, tmp_path):
     import json
 
-    from modmerge.search.driver import test_metrics
+    from modmerge.search.test_phase import test_metrics
 
     p = ta_problem
     rng = np.random.default_rng(5)

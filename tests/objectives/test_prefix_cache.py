@@ -7,17 +7,17 @@ import pytest
 import torch
 
 from modmerge.errors import ModmergeError
-from modmerge.objectives.performance import TaskMergeProblem
+from modmerge.experts.grouping import GroupingMatrix
 from modmerge.objectives.prefix_cache import PrefixCache, prefix_keys
+from modmerge.objectives.problem import MergeProblem
 from modmerge.quantization import QuantConfig
 from modmerge.recipes.plan import MethodCall
-from modmerge.search.grouping import GroupingMatrix
 
 TA = MethodCall.build("task_arithmetic", {})
 
 
 def make(tiny_zoo, prefix_cache_bytes):
-    return TaskMergeProblem(tiny_zoo, TA, QuantConfig(), limit=32, prefix_cache_bytes=prefix_cache_bytes)
+    return MergeProblem.from_source(tiny_zoo, TA, QuantConfig(), limit=32, prefix_cache_bytes=prefix_cache_bytes)
 
 
 def configurations(n_tasks, units):

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 
-from modmerge.search.driver import SearchRecipe, run_search_recipe
+from modmerge.search.driver import run_search_recipe
+from modmerge.search.recipe import SearchRecipe
 from modmerge.zoo.store import ZooStore
 
 
 def test_search_reports_layer_forwards(tiny_zoo, tmp_path):
     recipe = SearchRecipe(zoo="tiny", budget=4, population=4, validation_limit=16, test_limit=16, init="random")
     seen = []
-    payload = run_search_recipe(recipe, tmp_path / "run", source=ZooStore(tiny_zoo.root.parent.parent).load(recipe.zoo),
+    payload = run_search_recipe(recipe, tmp_path / "run", source=ZooStore(tiny_zoo.root.parent.parent).load(recipe.source.zoo),
                                 callback=lambda run, rec, counters: seen.append(counters.cost_record()))
     cost = json.loads((tmp_path / "run" / "pareto.json").read_text())["runs"][0]["evaluation_cost"]
     assert cost == payload["runs"][0]["evaluation_cost"]

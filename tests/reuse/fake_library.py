@@ -11,11 +11,11 @@ from typing import Any
 
 import torch
 
+from modmerge.experts.grouping import GroupingMatrix
 from modmerge.experts.modules import ExpertBuilder, ModuleKey
 from modmerge.objectives.performance import chain
 from modmerge.quantization import QuantConfig
 from modmerge.recipes.plan import MethodCall
-from modmerge.search.grouping import GroupingMatrix
 from modmerge.tasks.taskpool import TaskPool
 
 

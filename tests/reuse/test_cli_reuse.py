@@ -12,8 +12,8 @@ from fake_library import fake_library
 
 import modmerge.cli.reuse as cli_reuse
 from modmerge.cli import main
+from modmerge.experts.grouping import GroupingMatrix
 from modmerge.reuse.engine import ReuseEngine
-from modmerge.search.grouping import GroupingMatrix
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import torch
 from fake_library import fake_library
 
 from modmerge.errors import ModmergeError
+from modmerge.experts.grouping import GroupingMatrix
 from modmerge.reuse.assembly import chain_state
 from modmerge.reuse.engine import ReuseEngine
-from modmerge.search.grouping import GroupingMatrix
 from modmerge.tasks.taskpool import TaskPool
 from modmerge.zoo.store import ZooStore
 

@@ -13,11 +13,11 @@ import torch
 from fake_library import fake_library
 from PIL import Image
 
+from modmerge.experts.grouping import GroupingMatrix
 from modmerge.reuse.assembly import chain_state
 from modmerge.reuse.evaluate import evaluate_library
 from modmerge.reuse.inputs import InputError, encode_images, load_image, parse_input, read_jsonl
 from modmerge.reuse.router import router_body
-from modmerge.search.grouping import GroupingMatrix
 from modmerge.tasks.taskpool import TaskPool
 
 

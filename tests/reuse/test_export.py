@@ -9,9 +9,9 @@ import transformers
 from fake_library import fake_library
 
 from modmerge.errors import ModmergeError
+from modmerge.experts.grouping import GroupingMatrix
 from modmerge.reuse.engine import ReuseEngine
 from modmerge.reuse.export import HEAD_FILE, export_model
-from modmerge.search.grouping import GroupingMatrix
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ from click.testing import CliRunner
 
 from modmerge.cli import main
 from modmerge.reuse import ReuseEngine, evaluate_library, export_model
-from modmerge.search.driver import load_search_recipe, run_search_recipe
+from modmerge.search.driver import run_search_recipe
+from modmerge.search.recipe import load_search_recipe
 from modmerge.zoo.store import ZooStore
 
 library = pytest.importorskip("modmerge.library")

@@ -24,7 +24,8 @@ from modmerge.reuse import (
     router_body,
     router_features,
 )
-from modmerge.search.driver import SearchRecipe, run_search_recipe
+from modmerge.search.driver import run_search_recipe
+from modmerge.search.recipe import SearchRecipe
 from modmerge.tasks.models import load_body
 from modmerge.zoo.store import ZooStore
 
@@ -132,7 +133,7 @@ def shallow_lib(tiny_zoo, tmp_path_factory):
     root = tmp_path_factory.mktemp("shallow_lib")
     recipe = SearchRecipe(zoo="tiny", budget=2, population=2, runs=1, validation_limit=8, test_limit=8,
                           surrogate=False, init="random")
-    run_search_recipe(recipe, root / "run", source=store.load(recipe.zoo))
+    run_search_recipe(recipe, root / "run", source=store.load(recipe.source.zoo))
     result = CliRunner().invoke(main, ["library", "build", str(root / "run"), str(root / "lib"), "--cache",
                                        str(store.root), "--router-feature-layers", "1", "--router-per-task", "32",
                                        "--router-epochs", "3", "--router-test-limit", "8"])

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from modmerge.cli import main
 from modmerge.errors import RecipeError
 from modmerge.search import GroupingMatrix, merge_search
-from modmerge.search.driver import load_search_recipe
+from modmerge.search.recipe import load_search_recipe
 
 SMALL = {"budget": 10, "population": 5}
 
@@ -75,7 +75,7 @@ def test_merge_search_without_out_dir_or_test_evaluators(three_tasks):
         ({"method": "nope"}, "unknown merge method"),
         ({"granularity": "block"}, "granularity"),
         ({"quantization": {"bitz": 4}}, "quantization has unknown field 'bitz'"),
-        ({"executor": "ray"}, "only 'local'"),
+        ({"executor": "dask"}, "executor"),
         ({"test_evaluators": {"t0": len}}, "test_evaluators: task 't1' of models has none"),
     ],
 )
@@ -135,8 +135,8 @@ def test_recipe_paths_are_relative_to_the_recipe(recipe_form, three_tasks, tmp_p
     recipe = load_search_recipe(recipe_form(pretrained="models/base", models={"t0": "models/task0", "t1": "org/hub-id"},
                                             evaluators={"t0": "own_evals:t0", "t1": "own_evals:t1"},
                                             test_evaluators=None))
-    assert recipe.pretrained == str(tmp_path / "models" / "base")
-    assert recipe.models == {"t0": str(tmp_path / "models" / "task0"), "t1": "org/hub-id"}
+    assert recipe.source.pretrained == str(tmp_path / "models" / "base")
+    assert recipe.source.models == {"t0": str(tmp_path / "models" / "task0"), "t1": "org/hub-id"}
 
 
 @pytest.mark.parametrize(
@@ -151,7 +151,7 @@ def test_recipe_paths_are_relative_to_the_recipe(recipe_form, three_tasks, tmp_p
         ({"evaluators": {"t0": "own_evals:t0", "t1": "own_evals:t1"}}, "evaluators: task 't2' of models has none"),
         ({"evaluators": {"t0": "own_evals:t0", "t1": "own_evals:t1", "t2": "own_evals:t2", "t9": "own_evals:t2"}},
          "evaluators: 't9' is not a task of models"),
-        ({"zoo": "tiny"}, "pretrained: means nothing with zoo"),
+        ({"zoo": "tiny"}, "evaluators: means nothing with zoo (it is a field of the evaluator form)"),
         ({"pretrained": None}, "pretrained: required with pretrained/models"),
         ({"pretrained": None, "models": None, "evaluators": None, "test_evaluators": None}, "give suite (or zoo), or pretrained"),
     ],

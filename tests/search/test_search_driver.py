@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
 import yaml
 
 from modmerge.errors import RecipeError
-from modmerge.search.driver import load_search_recipe, run_search_recipe
+from modmerge.search.driver import run_search_recipe
+from modmerge.search.recipe import load_search_recipe
 from modmerge.zoo.store import ZooError, ZooStore
 
 
@@ -24,7 +26,7 @@ def test_search_writes_outputs_and_resumes_to_the_same_front(tiny_zoo, tmp_path)
     store = ZooStore(tiny_zoo.root.parent.parent)
     recipe = load_search_recipe(write(tmp_path))
     calls = []
-    payload = run_search_recipe(recipe, tmp_path / "run", source=store.load(recipe.zoo), test_progress=lambda *a: calls.append(a))
+    payload = run_search_recipe(recipe, tmp_path / "run", source=store.load(recipe.source.zoo), test_progress=lambda *a: calls.append(a))
     assert calls[-1][0] == 0 and calls[-1][1] == calls[-1][2] == len(calls) > 0  # one call per test task run
     for name in ("pareto.json", "history.json", "summary.md", "pareto.png", "hypervolume.png"):
         assert (tmp_path / "run" / name).exists()
@@ -46,7 +48,7 @@ def test_search_writes_outputs_and_resumes_to_the_same_front(tiny_zoo, tmp_path)
     for entry in stored["solutions"]:  # a resumed search reads the finished run's test metrics back
         entry["test"] = dict.fromkeys(entry["test"], 0.125)
     (tmp_path / "run" / "run0" / "test_metrics.json").write_text(json.dumps(stored))
-    again = run_search_recipe(recipe, tmp_path / "run", source=store.load(recipe.zoo), resume=True)
+    again = run_search_recipe(recipe, tmp_path / "run", source=store.load(recipe.source.zoo), resume=True)
     assert [s["grouping"] for s in again["runs"][0]["solutions"]] == [s["grouping"] for s in sols]
     assert {s["test"]["mean"] for s in again["runs"][0]["solutions"]} == {0.125}
     # the finished run did no work in the resumed process, yet its cost is the first process's
@@ -58,12 +60,12 @@ def test_search_writes_outputs_and_resumes_to_the_same_front(tiny_zoo, tmp_path)
     # a run saved before per-run counters existed keeps the cost of the set's earlier pareto.json
     cost_file = tmp_path / "run" / "run0" / "evaluation_cost.json"
     cost_file.unlink()
-    assert run_search_recipe(recipe, tmp_path / "run", source=store.load(recipe.zoo), resume=True)["runs"][0]["evaluation_cost"] == cost
+    assert run_search_recipe(recipe, tmp_path / "run", source=store.load(recipe.source.zoo), resume=True)["runs"][0]["evaluation_cost"] == cost
     assert json.loads(cost_file.read_text()) == cost
     # ... and with neither, its cost is unknown, not the resumed process's zero
     cost_file.unlink()
     (tmp_path / "run" / "pareto.json").unlink()
-    older = run_search_recipe(recipe, tmp_path / "run", source=store.load(recipe.zoo), resume=True)
+    older = run_search_recipe(recipe, tmp_path / "run", source=store.load(recipe.source.zoo), resume=True)
     assert older["runs"][0]["evaluation_cost"] is None
     assert "Evaluation cost of the search: not recorded" in (tmp_path / "run" / "summary.md").read_text()
     with pytest.raises(RecipeError, match=r"--resume .*searched with precision='float32'"):
@@ -95,7 +97,7 @@ def test_benchmark_search_recipes_load():
     assert len(recipes) >= 7
     loaded = {path.stem: load_search_recipe(path) for path in recipes}
     assert loaded["text-tm-default"].budget == 300 and loaded["text-tm-default"].population == 20
-    assert loaded["text-tm-default"].validation_limit == 200
+    assert loaded["text-tm-default"].source.validation_limit == 200
     assert {loaded[n].granularity for n in ("vision-ta5", "vision-ta5-layer", "vision-ta5-model")} == {
         "component", "layer", "model"}
     assert not loaded["vision-ta5-nosurr"].surrogate and loaded["vision-ta5-randinit"].init == "random"
@@ -103,7 +105,7 @@ def test_benchmark_search_recipes_load():
 
 
 def test_resume_refuses_a_recipe_that_changes_the_objective(tmp_path):
-    from modmerge.search.driver import check_resume, save_recipe
+    from modmerge.search.recipe import check_resume, save_recipe
 
     out = tmp_path / "run"
     check_resume(load_search_recipe(write(tmp_path)), out, resume=True)  # nothing saved yet: fine, writes nothing
@@ -126,11 +128,13 @@ def test_resume_refuses_a_recipe_that_changes_the_objective(tmp_path):
 
 def test_mixed_init_runs_on_a_zoo(tiny_zoo, tmp_path):
     """init 'mixed' needs the units' task vectors, as K-means does: the driver computes them."""
-    from modmerge.search.driver import run_one
-    from modmerge.search.grouping import GroupingMatrix
+    from modmerge.experts.grouping import GroupingMatrix
+    from modmerge.search.driver import run_one, source_problem
 
     recipe = load_search_recipe(write(tmp_path, init="mixed", budget=8, population=6))
-    state, problem = run_one(recipe, tiny_zoo, tmp_path / "run0", seed=0, resume=False)
+    problem_for = functools.partial(source_problem, recipe, tiny_zoo)
+    problem = problem_for(0)
+    state = run_one(recipe, problem, problem_for, tmp_path / "run0", seed=0, resume=False)
     assert state.evaluations == 8 and state.config.init == "mixed"
     initial = [r.grouping for r in state.records if r.generation == 0]
     assert len(set(initial)) == 6

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 
-from modmerge.objectives.performance import TaskMergeProblem
-from modmerge.search.driver import SearchRecipe, run_search_recipe
-from modmerge.search.grouping import GroupingMatrix
+from modmerge.experts.grouping import GroupingMatrix
+from modmerge.objectives.problem import MergeProblem
+from modmerge.search.driver import run_search_recipe, source_problem
+from modmerge.search.recipe import SearchRecipe
 
 
 @pytest.mark.slow
@@ -15,12 +18,12 @@ def test_ray_workers_match_local_evaluation(tiny_zoo, tmp_path):
     from modmerge.search.executors import RayExecutor
 
     recipe = SearchRecipe(zoo="tiny", validation_limit=32, quantization={"mode": "never"})
-    local = TaskMergeProblem(tiny_zoo, recipe.call(), recipe.quant(), limit=32)
+    local = MergeProblem.from_source(tiny_zoo, recipe.call(), recipe.quant(), limit=32)
     gs = [GroupingMatrix.all_merged(local.n_tasks, local.n_units), GroupingMatrix.individual(local.n_tasks, local.n_units)]
     expected = local.evaluate(gs)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        executor = RayExecutor(tiny_zoo, recipe.model_dump(), seed=0, workers=2)
+        executor = RayExecutor(functools.partial(source_problem, recipe, tiny_zoo), seed=0, workers=2)
         got = executor.evaluate(gs)
         counted = executor.counters()  # the workers' work, one configuration each
         executor.close()

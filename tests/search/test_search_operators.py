@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from modmerge.experts.grouping import canonical_column
 from modmerge.search import GroupingMatrix, binary_tournament, crossover, make_offspring, mutate
-from modmerge.search.grouping import canonical_column
 from modmerge.search.operators import mutate_column
 
 

@@ -10,7 +10,8 @@ from serve_support import live_server
 
 from modmerge.library import build_library
 from modmerge.reuse import ReuseEngine, RouterConfig, fit_router
-from modmerge.search.driver import SearchRecipe, run_search_recipe
+from modmerge.search.driver import run_search_recipe
+from modmerge.search.recipe import SearchRecipe
 from modmerge.serve import ServeSettings, create_app
 from modmerge.zoo.store import ZooStore
 
@@ -23,7 +24,7 @@ def built(tiny_zoo, tmp_path_factory):
     store = ZooStore(tiny_zoo.root.parent.parent)
     recipe = SearchRecipe(zoo="tiny", budget=4, population=2, validation_limit=16, test_limit=16,
                           surrogate=False, init="random")
-    run_search_recipe(recipe, root / "run", source=store.load(recipe.zoo))
+    run_search_recipe(recipe, root / "run", source=store.load(recipe.source.zoo))
     router, report = fit_router(tiny_zoo, RouterConfig.for_source(tiny_zoo, epochs=3, per_task=64), test_limit=16)
     build_library(root / "run", root / "lib", source=store.load("tiny"), router=(router.to_state(), report["config"]))
     return root / "lib", store

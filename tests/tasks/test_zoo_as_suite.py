@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from modmerge.objectives.baselines import BASELINES, run_baselines
-from modmerge.search.driver import SearchRecipe, run_search_recipe
+from modmerge.search.driver import run_search_recipe
+from modmerge.search.recipe import SearchRecipe
 from modmerge.tasks.suite_source import open_suite
 from modmerge.tasks.taskpool import TaskPool
 from modmerge.zoo.suite_export import write_suite
