@@ -162,6 +162,8 @@ class SearchState:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SearchState:
         """Inverse of :meth:`to_dict`."""
+        if not isinstance(data, dict):
+            raise TypeError(f"a JSON {type(data).__name__}, not an object")
         if data.get("format") != STATE_FORMAT:
             raise ModmergeError(
                 f"search state: format {data.get('format')!r} is not the supported {STATE_FORMAT}"
