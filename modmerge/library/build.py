@@ -16,7 +16,6 @@ never a half-written one.
 from __future__ import annotations
 
 import fnmatch
-import json
 import logging
 import shutil
 from collections.abc import Callable, Mapping
@@ -44,6 +43,7 @@ from modmerge.library.manifest import (
 from modmerge.library.store import Library
 from modmerge.objectives.performance import chain
 from modmerge.objectives.problem import MergeProblem
+from modmerge.run_files import ParetoFile, RunFileError, SolutionEntry, read_pareto_file
 from modmerge.search.driver import source_problem
 from modmerge.search.recipe import SearchRecipe
 from modmerge.tasks.source import TaskSource, entries
@@ -94,13 +94,13 @@ def build_library(
 
 
 def _build_into(
-    staging: Path, run_dir: Path, payload: Mapping[str, Any], source: TaskSource, router: RouterWeights | None,
+    staging: Path, run_dir: Path, payload: ParetoFile, source: TaskSource, router: RouterWeights | None,
     progress: Progress | None,
 ) -> LibraryManifest:
     where = run_dir / "pareto.json"
     try:
         # The search ran on whatever device it had; module values do not depend on it.
-        fields = dict(payload["recipe"])
+        fields = dict(payload.recipe)
         if fields.get("suite") is not None or fields.get("zoo") is not None:
             fields["device"] = "cpu"
         recipe = SearchRecipe.model_validate(fields)
@@ -109,8 +109,8 @@ def _build_into(
     if not recipe.has_source:
         raise LibraryError(f"{where}: the search scored evaluator callables, whose data a library cannot reach; "
                            "search on a task suite (suite:) to build a library")
-    if list(payload.get("tasks", source.tasks)) != source.tasks:
-        raise LibraryError(f"{where}: tasks {payload.get('tasks')} differ from '{source.name}' tasks {source.tasks}")
+    if payload.tasks != source.tasks:
+        raise LibraryError(f"{where}: tasks {payload.tasks} differ from '{source.name}' tasks {source.tasks}")
     randomized = recipe.call().merge_method.randomized
     configs = _distinct_configurations(payload, randomized, where)
     problems: dict[int, MergeProblem] = {}
@@ -119,7 +119,7 @@ def _build_into(
             # The search's own construction, so modules come out bit-identical.
             problems[seed] = source_problem(recipe, source, seed)
     first = next(iter(problems.values()))
-    if list(payload["units"]) != first.unit_ids:
+    if payload.units != first.unit_ids:
         raise LibraryError(f"{where}: units differ from '{source.name}' (its models or their architecture changed)")
     blobs = staging / "blobs"
     blobs.mkdir()
@@ -130,7 +130,7 @@ def _build_into(
     configurations: list[ConfigEntry] = []
     for seed, g, sol in configs:
         problem = problems[seed]
-        _check_cost(problem, g, float(sol["storage_cost"]), where)
+        _check_cost(problem, g, sol.storage_cost, where)
         per_task: dict[str, str] = {}
         for t, task in enumerate(problem.task_names):
             hashes = []
@@ -145,8 +145,8 @@ def _build_into(
             per_task[task] = cid
         used = sorted({h for cid in per_task.values() for h in chains[cid]})
         configurations.append(ConfigEntry(
-            id="", grouping=g.to_list(), storage_cost=float(sol["storage_cost"]), validation=sol["validation"],
-            test=sol.get("test"), seed=seed, chains=per_task, modules=used,
+            id="", grouping=g.to_list(), storage_cost=sol.storage_cost, validation=sol.validation.model_dump(),
+            test=None if sol.test is None else sol.test.model_dump(), seed=seed, chains=per_task, modules=used,
         ))
     configurations.sort(key=lambda c: (c.storage_cost, -float(c.validation.get("mean", 0.0))))
     for i, entry in enumerate(configurations):
@@ -179,28 +179,23 @@ def run_source(run_dir: str | Path) -> dict[str, Any]:
     {'zoo': 'vision', 'store': '/root/.cache/modmerge'}
     """
     payload = _read_pareto(Path(run_dir) / "pareto.json")
-    return dict(payload.get("source") or {"zoo": payload["zoo"]})
+    return dict(payload.source or {"zoo": payload.zoo})
 
 
-def _read_pareto(path: Path) -> dict[str, Any]:
+def _read_pareto(path: Path) -> ParetoFile:
     try:
-        payload = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise LibraryError(f"{path}: not found (is {path.parent} a search run directory?)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise LibraryError(f"{path}: not valid JSON ({err})") from None
-    missing = [k for k in ("recipe", "units", "runs") if k not in payload]
-    if missing:
-        raise LibraryError(f"{path}: lacks field '{missing[0]}'")
-    if not payload.get("zoo") and not payload.get("source"):
+        payload = read_pareto_file(path)
+    except RunFileError as err:
+        raise LibraryError(str(err)) from None
+    if not payload.zoo and not payload.source:
         raise LibraryError(f"{path}: the run has no task suite or zoo (a search on evaluator callables has no task "
                            "heads or data to store; run it on a task suite to build a library)")
     return payload
 
 
 def _distinct_configurations(
-    payload: Mapping[str, Any], randomized: bool, source: Path,
-) -> list[tuple[int, GroupingMatrix, dict[str, Any]]]:
+    payload: ParetoFile, randomized: bool, source: Path,
+) -> list[tuple[int, GroupingMatrix, SolutionEntry]]:
     """(builder seed, grouping, solution) of every Pareto solution of every run, equal groupings once.
 
     A deterministic method F gives equal modules whatever the run's seed, so equal grouping
@@ -209,15 +204,14 @@ def _distinct_configurations(
     seen: set[tuple[int, GroupingMatrix]] = set()
     out = []
     first_seed = None
-    for r, run in enumerate(payload["runs"]):
-        seed = int(run.get("seed", r))
+    for r, run in enumerate(payload.runs):
+        seed = run.seed
         first_seed = seed if first_seed is None else first_seed
         builder_seed = seed if randomized else first_seed
-        for s, sol in enumerate(run.get("solutions", [])):
+        for s, sol in enumerate(run.solutions):
             try:
-                g = GroupingMatrix.from_array(sol["grouping"])
-                float(sol["storage_cost"])
-            except (KeyError, TypeError, ValueError, ModmergeError) as err:
+                g = GroupingMatrix.from_array(sol.grouping)
+            except (TypeError, ValueError, ModmergeError) as err:
                 raise LibraryError(f"{source}: runs[{r}].solutions[{s}] is malformed ({err})") from None
             if (builder_seed, g) not in seen:
                 seen.add((builder_seed, g))

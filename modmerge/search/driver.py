@@ -292,7 +292,9 @@ def run_search_recipe(
 
 def source_description(source: TaskSource) -> dict[str, Any]:
     """The head of a task source's ``pareto.json``: what ``library build`` reopens it from."""
-    return {"zoo": source.name, "source": source.describe(), "backbone": source.backbone_info.model_dump()}
+    described = source.describe()
+    return {"zoo": source.name if "zoo" in described else None, "source": described,
+            "backbone": source.backbone_info.model_dump()}
 
 
 def models_description(pretrained: str, models: Mapping[str, str]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import numpy as np
 from modmerge.atomic import write_json, write_text
 from modmerge.experts.grouping import GroupingMatrix
 from modmerge.objectives.performance import EvaluationCounters
+from modmerge.run_files import HistoryFile, ParetoFile
 from modmerge.search.config import SearchConfig
 from modmerge.search.nsga import resume_search, run_search
 from modmerge.search.pareto import non_dominated
@@ -177,11 +178,14 @@ def write_run_dir(out_dir: Path, payload: dict[str, Any], histories: list[dict[s
     """
     from modmerge.reports.pareto import plot_front, plot_hypervolume, summary_markdown
 
+    # Through the typed models first: what is written is what the library and the reports parse.
+    pareto = ParetoFile.model_validate(payload)
+    HistoryFile.model_validate({"runs": histories})
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "pareto.json", payload)
     write_json(out_dir / "history.json", {"runs": histories})
-    write_text(out_dir / "summary.md", summary_markdown(payload, list(baseline_rows)))
-    plot_front(payload, list(baseline_rows), out_dir / "pareto.png")
+    write_text(out_dir / "summary.md", summary_markdown(pareto, list(baseline_rows)))
+    plot_front(pareto, list(baseline_rows), out_dir / "pareto.png")
     plot_hypervolume(histories, out_dir / "hypervolume.png")
 
 

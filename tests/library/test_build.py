@@ -175,7 +175,8 @@ def test_router_weights_are_stored_as_a_blob(chosen_run, zoo_store, tiny_zoo, tm
 
 @pytest.mark.parametrize(
     ("edit", "needle"),
-    [(lambda p: p.pop("runs"), "lacks field 'runs'"), (lambda p: p.update(zoo=None, source=None), "has no task suite or zoo"),
+    [(lambda p: p.pop("runs"), "runs: Field required"),
+     (lambda p: p["runs"][0]["solutions"][0].update(storage_cost="cheap"), r"runs\.0\.solutions\.0\.storage_cost"), (lambda p: p.update(zoo=None, source=None), "has no task suite or zoo"),
      (lambda p: p.update(runs=[]), "no Pareto solutions"),
      (lambda p: p["runs"][0]["solutions"][0].update(grouping=[[0, -1]]), r"runs\[0\].solutions\[0\] is malformed"),
      (lambda p: p.update(units=["embed"]), "units differ")],

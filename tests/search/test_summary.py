@@ -6,13 +6,13 @@ from modmerge.reports.pareto import summary_markdown
 
 
 def _solution(cost: float, test: float) -> dict:
-    return {"storage_cost": cost, "validation": {"mean": test, "per_task": {"a": test}},
+    return {"grouping": [[0]], "generation": 0, "storage_cost": cost, "validation": {"mean": test, "per_task": {"a": test}},
             "test": {"mean": test, "per_task": {"a": test}}}
 
 
 def _run(cost: float, test: float) -> dict:
     sol = _solution(cost, test)
-    return {"solutions": [sol], "representatives": {"G1": sol, "G2": None, "G3": sol},
+    return {"seed": 0, "solutions": [sol], "representatives": {"G1": sol, "G2": None, "G3": sol},
             "evaluation_cost": {"real_evaluations": 5, "task_runs": 4, "task_runs_naive": 5, "modules_built": 3,
                                 "modules_naive": 9, "layer_forwards": 0, "layer_forwards_naive": 0, "prefix_hits": 0},
             "test_cost": None}
@@ -20,7 +20,7 @@ def _run(cost: float, test: float) -> dict:
 
 def test_representatives_are_mean_and_sample_std_over_runs():
     payload = {
-        "tasks": ["a"], "backbone": {"name": "tiny", "self_pretrained": True},
+        "tasks": ["a"], "units": ["u0"], "backbone": {"name": "tiny", "self_pretrained": True},
         "recipe": {"method": "ties", "budget": 5, "population": 2, "granularity": "component",
                    "quantization": {"mode": "conditional"}},
         "runs": [_run(0.4, 0.70), _run(0.6, 0.80)], "bars": {},
@@ -33,7 +33,7 @@ def test_representatives_are_mean_and_sample_std_over_runs():
 
 
 def _payload(runs: list[dict]) -> dict:
-    return {"tasks": ["a"], "backbone": {"name": "tiny", "self_pretrained": True},
+    return {"tasks": ["a"], "units": ["u0"], "backbone": {"name": "tiny", "self_pretrained": True},
             "recipe": {"method": "ties", "budget": 5, "population": 2, "granularity": "component",
                        "quantization": {"mode": "conditional"}},
             "runs": runs, "bars": {}}
