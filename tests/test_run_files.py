@@ -27,7 +27,7 @@ def test_a_file_from_before_the_cost_and_bar_fields_parses(tmp_path):
     [(None, "not found"), ("{trunc", "not the JSON a search writes"),
      (json.dumps({"tasks": [], "recipe": {}, "units": []}), "runs: Field required"),
      (json.dumps({"tasks": [], "recipe": {}, "units": [], "runs": [{"seed": 0, "solutions": [{**SOLUTION, "grouping": "x"}]}]}),
-      "runs.0.solutions.0.grouping")],
+      r"runs\.0\.solutions\.0\.grouping")],
 )
 def test_a_damaged_pareto_file_is_one_line_naming_it(tmp_path, content, needle):
     path = tmp_path / "pareto.json"
@@ -42,7 +42,7 @@ def test_history_file(tmp_path):
     (tmp_path / "history.json").write_text(json.dumps({"runs": [{"seed": 3, "generations": [{"evaluations": 4}]}]}))
     assert read_history_file(tmp_path / "history.json").runs[0].seed == 3
     (tmp_path / "history.json").write_text(json.dumps({"runs": [{"generations": []}]}))
-    with pytest.raises(RunFileError, match="runs.0.seed"):
+    with pytest.raises(RunFileError, match=r"runs\.0\.seed"):
         read_history_file(tmp_path / "history.json")
 
 
