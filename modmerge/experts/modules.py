@@ -20,6 +20,7 @@ import torch
 from modmerge.checkpoints import in_memory
 from modmerge.errors import MergeMethodError
 from modmerge.lru import BytesLRU
+from modmerge.merging.statistics import statistics_norm
 from modmerge.quantization import CompressedTensor, QuantConfig, compress
 from modmerge.recipes.execute import merged_tensors, model_scope_thresholds
 from modmerge.recipes.plan import MethodCall
@@ -98,6 +99,7 @@ class ExpertBuilder:
         self._modules: BytesLRU[ModuleKey, Module] = BytesLRU(cache_bytes)
         self._dense: BytesLRU[ModuleKey, dict[str, torch.Tensor]] = BytesLRU(cache_bytes)
         self.builds = 0
+        self._norms: list[float] | None = None
 
     def module(self, key: ModuleKey) -> Module:
         """The compressed module (LRU-cached; built again if it was evicted)."""
@@ -127,8 +129,19 @@ class ExpertBuilder:
         plan = dict.fromkeys(keys, self.call)
         stats = None if self.statistics is None else [self.statistics[i] for i in key.members]
         thresholds = model_scope_thresholds(base, models, plan)
+        wants_norms = stats is not None and "stats_norms" in self.call.merge_method.accepts
+        norms = [self._statistics_norms()[i] for i in key.members] if wants_norms else None
         return dict(merged_tensors(base, models, plan, statistics=stats, seed=self.seed, thresholds=thresholds,
-                                   out_dtype=torch.float32))
+                                   out_dtype=torch.float32, statistics_norms=norms))
+
+    def _statistics_norms(self) -> list[float]:
+        """Each task's statistics norm over the whole body (every unit), computed once: Fisher
+        normalised over the model divides by it, whichever unit a module merges."""
+        if self._norms is None:
+            assert self.statistics is not None
+            keys = [k for unit_keys in self.units.values() for k in unit_keys]
+            self._norms = [statistics_norm(s, keys) for s in self.statistics]
+        return self._norms
 
     def _build(self, key: ModuleKey) -> Module:
         merged = self._merged(key)

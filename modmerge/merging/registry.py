@@ -18,7 +18,9 @@ Reserved keyword inputs are supplied by the caller, never by a recipe:
 - ``weights``: per-model weights (sequence of floats), where the method supports them;
 - ``generator``: a seeded :class:`torch.Generator` for randomized methods (DARE);
 - ``stats``: per-model statistics for this tensor (Fisher diagonals, RegMean Gram matrices);
-- ``thresholds``: per-model magnitude thresholds for model-scope trimming (TIES "model" scope).
+- ``thresholds``: per-model magnitude thresholds for model-scope trimming (TIES "model" scope);
+- ``stats_norms``: per-model L2 norms of the statistics over the whole model (Fisher
+  normalisation over the model).
 
 Example::
 
@@ -43,7 +45,7 @@ import torch
 
 from modmerge.errors import MergeMethodError
 
-RESERVED_INPUTS = frozenset({"weights", "generator", "stats", "thresholds"})
+RESERVED_INPUTS = frozenset({"weights", "generator", "stats", "stats_norms", "thresholds"})
 _PARAM_TYPES = (float, int, bool, str)
 
 

@@ -54,6 +54,22 @@ class Statistics(dict[str, torch.Tensor]):
         self.metadata: dict[str, str] = dict(metadata or {})
 
 
+def statistics_norm(stats: Mapping[str, torch.Tensor], keys: Iterable[str] | None = None) -> float:
+    """The L2 norm of one model's statistics over ``keys`` (default: every tensor), in float64.
+
+    Fisher normalisation over the whole model divides each model's weight by this norm
+    (Matena & Raffel's code): the executor computes it over every tensor merged together.
+
+    >>> statistics_norm({"a": torch.tensor([3.0]), "b": torch.tensor([4.0]), "c": torch.tensor([12.0])}, ["a", "b"])
+    5.0
+    """
+    names = stats.keys() if keys is None else [k for k in keys if k in stats]
+    total = 0.0
+    for name in names:
+        total += float(torch.linalg.vector_norm(stats[name].detach().to(torch.float64)) ** 2)
+    return total**0.5
+
+
 # ---------------------------------------------------------------------------------------------
 # Fisher
 

@@ -36,7 +36,7 @@ from modmerge.components.decompose import Rule as ComponentRule
 from modmerge.errors import CheckpointError, RecipeError
 from modmerge.merging.linear import linear_coefficients
 from modmerge.merging.sparsify import kept_count, kth_largest
-from modmerge.merging.statistics import load_statistics
+from modmerge.merging.statistics import load_statistics, statistics_norm
 from modmerge.recipes.plan import MethodCall, plan_tensors
 from modmerge.recipes.prefetch import prefetch
 from modmerge.recipes.schema import MergeRecipe
@@ -99,9 +99,15 @@ def merged_tensors(
     device: str | torch.device = "cpu",
     result: MergeResult | None = None,
     thresholds: Mapping[MethodCall, Sequence[float]] | None = None,
+    statistics_norms: Sequence[float] | None = None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(name, merged tensor)`` in the base's key order; values are checked for NaN/Inf."""
+    """Yield ``(name, merged tensor)`` in the base's key order; values are checked for NaN/Inf.
+
+    Methods that take ``stats_norms`` (Fisher normalised over the model) get ``statistics_norms``,
+    one per model, or by default each model's statistics norm over every tensor of ``base``.
+    """
     device = torch.device(device)
+    norms = None if statistics_norms is None else list(statistics_norms)
     for key in base.keys():
         call = plan[key]
         method = call.merge_method
@@ -137,6 +143,10 @@ def merged_tensors(
                 kwargs["stats"] = (
                     None if any(s is None for s in per_model) else [s.to(device) for s in per_model]
                 )
+            if "stats_norms" in method.accepts and statistics is not None:
+                if norms is None:
+                    norms = [statistics_norm(s, base.keys()) for s in statistics]
+                kwargs["stats_norms"] = norms
             if device.type != "cpu":
                 b, ts = b.to(device), [t.to(device) for t in ts]
             merged = method(b, ts, **kwargs).to("cpu")
