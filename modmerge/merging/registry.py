@@ -12,6 +12,8 @@ validation, CLI help and the search space. A parameter whose name would be a Pyt
 written with a trailing underscore and registered without it (``lambda_`` is ``lambda``, as in
 mergekit's recipes). ``max_models`` records a method that merges at most that many models
 (SLERP: 2), so planners that group models (the MERGE search, the baselines) can check up front.
+``model_scope="concatenate"`` marks a method whose ``scope: model`` setting means one call on
+every tensor the executor merges with it, flattened and concatenated (PCB over the whole model).
 
 Reserved keyword inputs are supplied by the caller, never by a recipe:
 
@@ -126,6 +128,7 @@ class MergeMethod:
     limitations: str = ""
     max_models: int | None = None
     renamed: tuple[tuple[str, str], ...] = ()  # (registered name, Python argument name)
+    model_scope: str | None = None  # "concatenate": scope 'model' merges the call's tensors as one
 
     @property
     def param_names(self) -> tuple[str, ...]:
@@ -244,9 +247,13 @@ def merge_method(
     randomized: bool = False,
     limitations: str = "",
     max_models: int | None = None,
+    model_scope: str | None = None,
     registry: MergeRegistry = REGISTRY,
 ) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
     """Register ``fn`` as merge method ``name``, reading its parameters from the signature."""
+
+    if model_scope not in (None, "concatenate"):
+        raise TypeError(f"merge method '{name}': model_scope must be None or 'concatenate', not {model_scope!r}")
 
     def decorate(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         signature = inspect.signature(fn)
@@ -271,6 +278,7 @@ def merge_method(
             accepts=frozenset(accepts),
             limitations=limitations,
             max_models=max_models,
+            model_scope=model_scope,
             renamed=tuple((_registered_name(a), a) for a in signature.parameters if _registered_name(a) != a),
         )
         registry.add(method, aliases)

@@ -108,6 +108,7 @@ def merged_tensors(
     """
     device = torch.device(device)
     norms = None if statistics_norms is None else list(statistics_norms)
+    concatenated: dict[MethodCall, dict[str, torch.Tensor]] = {}
     for key in base.keys():
         call = plan[key]
         method = call.merge_method
@@ -149,7 +150,12 @@ def merged_tensors(
                 kwargs["stats_norms"] = norms
             if device.type != "cpu":
                 b, ts = b.to(device), [t.to(device) for t in ts]
-            merged = method(b, ts, **kwargs).to("cpu")
+            if method.model_scope == "concatenate" and kwargs.get("scope") == "model":
+                if call not in concatenated:
+                    concatenated[call] = _concatenated_merge(base, models, plan, call, kwargs, device)
+                merged = concatenated[call].pop(key)
+            else:
+                merged = method(b, ts, **kwargs).to("cpu")
         out = merged.to(out_dtype or base.info(key).dtype).contiguous()
         # scanned after the cast: fewer bytes for half-precision outputs, and a cast that
         # overflows is caught too
@@ -163,6 +169,31 @@ def merged_tensors(
             checkpoint.release(key)
 
 
+def _concatenated_merge(
+    base: Checkpoint, models: Sequence[Checkpoint], plan: Mapping[str, MethodCall], call: MethodCall,
+    kwargs: Mapping[str, object], device: torch.device,
+) -> dict[str, torch.Tensor]:
+    """Merge every floating tensor planned for ``call`` as one flattened vector per model (a
+    method whose ``scope: model`` means the whole model at once, e.g. PCB), split back by key.
+    Holds T + 2 float32 copies of those tensors: the price of scoring them together."""
+    keys = [k for k in base.keys() if plan[k] == call and base.info(k).dtype.is_floating_point]
+
+    def flat(checkpoint: Checkpoint) -> torch.Tensor:
+        parts = [checkpoint.get(k).to(device, torch.float32).reshape(-1) for k in keys]
+        for k in keys:
+            checkpoint.release(k)
+        return torch.cat(parts)
+
+    merged = call.merge_method(flat(base), [flat(m) for m in models], **kwargs).to("cpu")
+    out, start = {}, 0
+    for k in keys:
+        shape = tuple(base.info(k).shape)
+        size = math.prod(shape)
+        out[k] = merged[start : start + size].view(shape)
+        start += size
+    return out
+
+
 def model_scope_thresholds(
     base: Checkpoint, models: Sequence[Checkpoint], plan: Mapping[str, MethodCall]
 ) -> dict[MethodCall, list[float]]:
@@ -173,12 +204,13 @@ def model_scope_thresholds(
     """
     groups: dict[MethodCall, list[str]] = {}
     for key, call in plan.items():
-        if call.kwargs.get("scope") == "model" and base.info(key).dtype.is_floating_point:
+        wants = call.kwargs.get("scope") == "model" and "thresholds" in call.merge_method.accepts
+        if wants and base.info(key).dtype.is_floating_point:
             groups.setdefault(call, []).append(key)
     found: dict[MethodCall, list[float]] = {}
     for call, keys in groups.items():
         n = sum(base.info(k).numel for k in keys)
-        k = kept_count(float(call.kwargs["density"]), n)
+        k = kept_count(float(call.kwargs["density"]), n, str(call.kwargs.get("count", "round")))
         found[call] = []
         for model in models:
 
