@@ -20,7 +20,8 @@ import torch
 from modmerge.checkpoints import in_memory
 from modmerge.errors import MergeMethodError
 from modmerge.lru import BytesLRU
-from modmerge.quantization import CompressedTensor, QuantConfig, compress
+from modmerge.merging.statistics import statistics_norm
+from modmerge.quantization import CompressedTensor, QuantConfig, compress, dtype_bits, storage_dtype
 from modmerge.recipes.execute import merged_tensors, model_scope_thresholds
 from modmerge.recipes.plan import MethodCall
 
@@ -72,6 +73,10 @@ class ExpertBuilder:
     is built again when asked for (same seed, same tensors; ``builds`` counts every build).
     Storage costs outlive the cache (:class:`~modmerge.objectives.performance.ExpertCosts` keeps
     them per module).
+
+    Modules are stored in the pretrained checkpoint's dtype (:attr:`dtype`, e.g. bfloat16): a merge
+    runs in float32 and is rounded to it, a singleton keeps its task's values in it, so an
+    unquantised unit costs what the checkpoint does and eq. (8)'s ``b_plus`` is :attr:`full_bits`.
     """
 
     def __init__(
@@ -95,9 +100,12 @@ class ExpertBuilder:
             )
         self.call, self.quant, self.statistics, self.seed = call, quant, statistics, seed
         self.cache_bytes = cache_bytes
+        self.dtype = storage_dtype(pretrained[k] for keys in self.units.values() for k in keys)
+        self.full_bits = dtype_bits(self.dtype)
         self._modules: BytesLRU[ModuleKey, Module] = BytesLRU(cache_bytes)
         self._dense: BytesLRU[ModuleKey, dict[str, torch.Tensor]] = BytesLRU(cache_bytes)
         self.builds = 0
+        self._norms: list[float] | None = None
 
     def module(self, key: ModuleKey) -> Module:
         """The compressed module (LRU-cached; built again if it was evicted)."""
@@ -121,14 +129,25 @@ class ExpertBuilder:
         keys = self.units[key.unit]
         if len(key.members) == 1:
             own = self.tasks[key.members[0]]
-            return {k: own[k].float() for k in keys}
+            return {k: own[k].to(self.dtype, copy=True) for k in keys}
         base = in_memory({k: self.pretrained[k] for k in keys}, label="pretrained")
         models = [in_memory({k: self.tasks[i][k] for k in keys}, label=f"task{i}") for i in key.members]
         plan = dict.fromkeys(keys, self.call)
         stats = None if self.statistics is None else [self.statistics[i] for i in key.members]
         thresholds = model_scope_thresholds(base, models, plan)
+        wants_norms = stats is not None and "stats_norms" in self.call.merge_method.accepts
+        norms = [self._statistics_norms()[i] for i in key.members] if wants_norms else None
         return dict(merged_tensors(base, models, plan, statistics=stats, seed=self.seed, thresholds=thresholds,
-                                   out_dtype=torch.float32))
+                                   out_dtype=self.dtype, statistics_norms=norms))
+
+    def _statistics_norms(self) -> list[float]:
+        """Each task's statistics norm over the whole body (every unit), computed once: Fisher
+        normalised over the model divides by it, whichever unit a module merges."""
+        if self._norms is None:
+            assert self.statistics is not None
+            keys = [k for unit_keys in self.units.values() for k in unit_keys]
+            self._norms = [statistics_norm(s, keys) for s in self.statistics]
+        return self._norms
 
     def _build(self, key: ModuleKey) -> Module:
         merged = self._merged(key)

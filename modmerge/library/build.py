@@ -163,7 +163,7 @@ def _build_into(
         quantization=recipe.quant().to_dict(),
         granularity=recipe.granularity,
         body_parameters=first.body_parameters,
-        pretrained_body_bits=32 * first.body_parameters,
+        pretrained_body_bits=first.full_bits * first.body_parameters,
         configurations=configurations,
         chains=chains,
         modules=modules,

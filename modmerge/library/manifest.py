@@ -110,7 +110,7 @@ class LibraryManifest(_Model):
     quantization: dict[str, Any]
     granularity: str
     body_parameters: int = Field(description="d of eq. (8): parameters of the merged body (head-kind keys excluded)")
-    pretrained_body_bits: int = Field(description="32 * d: bits of one full-precision pretrained body (eq. 8's unit)")
+    pretrained_body_bits: int = Field(description="b_plus * d: bits of one pretrained body in its checkpoint's dtype (eq. 8's unit)")
     configurations: list[ConfigEntry]
     chains: dict[str, list[str]]
     modules: dict[str, ModuleEntry]

@@ -221,7 +221,7 @@ class Library:
         return total
 
     def pretrained_body_bytes(self) -> int:
-        """Bytes of one full-precision (32-bit) pretrained body: eq. (8)'s unit of storage."""
+        """Bytes of one pretrained body in its checkpoint's dtype: eq. (8)'s unit of storage."""
         return self.manifest.pretrained_body_bits // 8
 
     def describe(self) -> list[dict[str, Any]]:

@@ -12,9 +12,20 @@ the survivors are averaged with their scores as weights:
   ``theta = theta_pre + lambda * tau_m``
 
 ``Norm`` is min-max normalisation to [0, 1] and ``Softmax`` runs over the entries, both per
-tensor here (the paper and its code use one flattened vector per model). Each softmax is
-multiplied by the entry count ``D``; that constant is common to all tasks and cancels in
-``tau_m``, but keeps the scores near 1 instead of ``1/D``.
+tensor by default; ``scope="model"`` runs them over every tensor a call merges, flattened and
+concatenated, as the paper and its code do (one vector per model; the executor concatenates).
+Each softmax is multiplied by the entry count ``D``; that constant is common to all tasks and
+cancels in ``tau_m``, but keeps the scores near 1 instead of ``1/D``.
+
+``variant="authors"`` is the released code's ``PCB_merge`` instead, which differs from the
+paper's equations (per model ``i`` over its ``d`` entries, ``r`` = the kept fraction):
+
+- clip: ``a_i = clamp(|tau_i|, q_lo, q_hi)`` at the ``int(0.0001 d)``-th and
+  ``int(0.9999 d - 1)``-th smallest magnitudes (0-based), ``c_i = sign(tau_i) a_i``;
+- intra: ``exp(N Norm(a_i)^2)``; inter: ``tanh(tau_i * sum_j tau_j)``; ``s_i`` their product;
+- drop and rescale: ``m_i = Norm(max(s_i, q_i))`` with ``q_i`` the ``int((1 - r) d)``-th
+  smallest ``s_i`` (so dropped entries and the cut itself weigh 0);
+- ``tau_m = sum_i m_i c_i / max(sum_i m_i, 1e-12)``; ``theta = theta_pre + lambda tau_m``.
 
 Example::
 
@@ -75,14 +86,16 @@ def pcb_scores(taus: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     summary="PCB-Merging: score entries by intra- and inter-task balancing, drop low scores, rescale.",
     citation=(
         "Du, Lee, Li, Jiang, Guo, Yu, Liu, Goh, Tang, He, Zhang, 'Parameter Competition Balancing "
-        "for Model Merging', NeurIPS 2024, arXiv:2410.02396"
+        "for Model Merging', NeurIPS 2024, arXiv:2410.02396; authors' code duguodong7/pcb-merging"
     ),
     limitations=(
-        "scores, normalises and drops per tensor, while the paper uses one flattened vector per "
-        "model; the authors' code also clips |tau| at its 0.01%/99.99% quantiles, uses tanh for "
-        "inter-balancing and searches per-task lambdas with an evolution strategy, none of "
-        "which is done here"
+        "defaults: the paper's equations (variant 'paper'), scored per tensor (scope 'tensor'); the "
+        "paper and its code score one flattened vector per model (scope 'model', held in memory by "
+        "the executor) and the code's PCB_merge differs from the equations (variant 'authors': "
+        "quantile clip, exp/tanh balancing, min-max rescale); the per-task lambdas its evolution "
+        "strategy searches are not done here"
     ),
+    model_scope="concatenate",
 )
 def pcb(
     base: torch.Tensor,
@@ -96,12 +109,23 @@ def pcb(
         float,
         Param(low=0.0, high=4.0, help="lambda applied to the merged task vector", search=(0.8, 1.3)),
     ] = 1.0,
+    scope: Annotated[
+        str,
+        Param(choices=("tensor", "model"), help="score each tensor apart (default), or every tensor of the "
+              "model as one vector (the paper's; a recipe's executor concatenates them)"),
+    ] = "tensor",
+    variant: Annotated[
+        str,
+        Param(choices=("paper", "authors"), help="the paper's equations (default), or the authors' released "
+              "PCB_merge: quantile clip, tanh inter-balancing, min-max rescaled scores"),
+    ] = "paper",
 ) -> torch.Tensor:
     """PCB-Merging (Du et al. 2024, arXiv:2410.02396); formulas in the module docstring.
 
     Defaults follow the authors' released code: keep the top 10% of scores per task
     (``drop_ratio=0.9``; its evolution-strategy script keeps 5%) and lambda = 1 (that script
-    searches per-task lambdas in [0.8, 1.3], the range used here for the search).
+    searches per-task lambdas in [0.8, 1.3], the range used here for the search). Called directly,
+    ``scope="model"`` treats the tensors given as the whole model.
 
     >>> pcb(torch.zeros(2), [torch.tensor([1.0, -1.0])], drop_ratio=0.0)
     tensor([ 1., -1.])
@@ -109,6 +133,8 @@ def pcb(
     check_inputs("pcb", base, tensors)
     base32 = base.to(torch.float32)
     taus = [torch.sub(t.to(torch.float32), base32) for t in tensors]
+    if variant == "authors":
+        return _authors_pcb(taus, 1.0 - drop_ratio).mul_(scaling).add_(base32)
     numerator = torch.zeros_like(base32)
     denominator = torch.zeros_like(base32)
     for tau, score in zip(taus, pcb_scores(taus), strict=True):
@@ -118,3 +144,26 @@ def pcb(
         denominator.add_(kept)
     merged = torch.where(denominator > 0, numerator / torch.where(denominator > 0, denominator, 1.0), 0.0)
     return merged.mul_(scaling).add_(base32)
+
+
+def _nth_smallest(x: torch.Tensor, index: int) -> torch.Tensor:
+    """``sorted(x)[index]`` (0-based, Python's negative indices allowed) without a full sort."""
+    n = x.numel()
+    return torch.kthvalue(x.reshape(-1), index % n + 1).values
+
+
+def _authors_pcb(taus: Sequence[torch.Tensor], keep: float) -> torch.Tensor:
+    """The released code's PCB_merge over ``taus`` (each the whole vector it balances)."""
+    n, d = len(taus), taus[0].numel()
+    total = torch.stack(taus).sum(0)
+    clipped, scales = [], []
+    for tau in taus:
+        magnitude = tau.abs()
+        low, high = _nth_smallest(magnitude, int(d * 0.0001)), _nth_smallest(magnitude, int(d * (1 - 0.0001) - 1))
+        magnitude = torch.minimum(torch.maximum(magnitude, low), high)
+        clipped.append(torch.sign(tau) * magnitude)
+        score = torch.exp(n * _min_max(magnitude) ** 2) * torch.tanh(tau * total)
+        scales.append(_min_max(torch.maximum(score, _nth_smallest(score, int(d * (1 - keep))))))
+    weight = torch.stack(scales).sum(0)
+    merged = sum(s * c for s, c in zip(scales, clipped, strict=True))
+    return merged / weight.clamp_min(1e-12)

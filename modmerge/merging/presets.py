@@ -34,8 +34,12 @@ _DARE_CITATION = (
     "Models as a Free Lunch', ICML 2024, arXiv:2311.03099; mergekit merge_methods/registry.py"
 )
 _DISJOINT_MEAN = (
-    "the 'ties' consensus is the disjoint mean, while mergekit's default for this method "
-    "(normalize: false) is the disjoint sum"
+    "normalize defaults to true, the disjoint mean, while mergekit's default for this method "
+    "is normalize: false, the disjoint sum"
+)
+_NORMALIZE = Param(
+    help="divide the agreeing task vectors' sum by their weights (disjoint mean, the default here); "
+    "false: the disjoint sum, mergekit's default for this method"
 )
 _DENSITY = Param(low=0.0, high=1.0, help="fraction of task-vector entries kept (1 - drop rate)", search=(0.1, 0.9))
 _LAMBDA = Param(low=0.0, high=4.0, help="scale of the merged task vector", search=(0.1, 1.5))
@@ -44,13 +48,14 @@ _LAMBDA = Param(low=0.0, high=4.0, help="scale of the merged task vector", searc
 def _dare(
     base: torch.Tensor, tensors: Sequence[torch.Tensor], consensus: Consensus, density: float,
     scaling: float, rescale: bool, rescale_by: str, weights: Sequence[float] | None,
-    generator: torch.Generator | None, method: str,
+    generator: torch.Generator | None, method: str, normalize: bool = True,
 ) -> torch.Tensor:
     p = 1.0 - density
+    disjoint = "mean" if normalize else "sum"
     if rescale and rescale_by == "probability":
         return generalized_task_arithmetic(
             base, tensors, sparsify="dare", consensus=consensus, scaling=scaling, drop_rate=p,
-            weights=weights, generator=generator, method=method,
+            weights=weights, generator=generator, method=method, disjoint=disjoint,
         )
 
     def step(tau: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
@@ -61,7 +66,7 @@ def _dare(
 
     return generalized_task_arithmetic(
         base, tensors, sparsify=step, consensus=consensus, scaling=scaling,
-        weights=weights, generator=generator, method=method,
+        weights=weights, generator=generator, method=method, disjoint=disjoint,
     )
 
 
@@ -110,16 +115,19 @@ def dare_ties(
     lambda_: Annotated[float, _LAMBDA] = 1.0,
     rescale: Annotated[bool, Param(help="rescale the kept entries (see rescale_by)")] = True,
     rescale_by: Annotated[str, Param(choices=RESCALE_CHOICES, help=RESCALE_BY_HELP)] = "l1",
+    normalize: Annotated[bool, _NORMALIZE] = True,
     weights: Sequence[float] | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """DARE's drop and rescale, then the TIES sign election and disjoint mean, times ``lambda``.
+    """DARE's drop and rescale, then the TIES sign election and disjoint mean (``normalize``,
+    default) or disjoint sum (``normalize=False``, mergekit's default), times ``lambda``.
 
     >>> g = torch.Generator().manual_seed(0)
     >>> dare_ties(torch.zeros(2), [torch.tensor([1.0, -2.0]), torch.tensor([3.0, 1.0])], generator=g)
     tensor([ 2., -2.])
     """
-    return _dare(base, tensors, "sign", density, lambda_, rescale, rescale_by, weights, generator, "dare_ties")
+    return _dare(base, tensors, "sign", density, lambda_, rescale, rescale_by, weights, generator, "dare_ties",
+                 normalize)
 
 
 @merge_method(
@@ -144,19 +152,22 @@ def breadcrumbs_ties(
     ] = 0.01,
     lambda_: Annotated[float, _LAMBDA] = 1.0,
     rescale: Annotated[bool, Param(help="scale the kept entries so each task vector keeps its L1 norm")] = False,
+    normalize: Annotated[bool, _NORMALIZE] = True,
     weights: Sequence[float] | None = None,
 ) -> torch.Tensor:
-    """Breadcrumbs masks (:func:`~modmerge.merging.sparsify.breadcrumbs_mask`), then TIES consensus.
+    """Breadcrumbs masks (:func:`~modmerge.merging.sparsify.breadcrumbs_mask`), then TIES consensus:
+    the disjoint mean (``normalize``, default) or sum (``normalize=False``, mergekit's default).
 
     mergekit's ``density = 1`` keeps every entry, outliers included.
 
     >>> breadcrumbs_ties(torch.zeros(4), [torch.tensor([4.0, 1.0, 2.0, 0.5])], density=0.5, gamma=0.25)
     tensor([0., 1., 2., 0.])
     """
+    disjoint = "mean" if normalize else "sum"
     if not rescale:
         return generalized_task_arithmetic(
             base, tensors, sparsify="breadcrumbs", consensus="sign", scaling=lambda_, density=density,
-            gamma=gamma, weights=weights, method="breadcrumbs_ties",
+            gamma=gamma, weights=weights, method="breadcrumbs_ties", disjoint=disjoint,
         )
 
     def step(tau: torch.Tensor, _: torch.Generator | None) -> torch.Tensor:
@@ -164,4 +175,5 @@ def breadcrumbs_ties(
 
     return generalized_task_arithmetic(
         base, tensors, sparsify=step, consensus="sign", scaling=lambda_, weights=weights, method="breadcrumbs_ties",
+        disjoint=disjoint,
     )

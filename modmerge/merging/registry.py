@@ -12,13 +12,17 @@ validation, CLI help and the search space. A parameter whose name would be a Pyt
 written with a trailing underscore and registered without it (``lambda_`` is ``lambda``, as in
 mergekit's recipes). ``max_models`` records a method that merges at most that many models
 (SLERP: 2), so planners that group models (the MERGE search, the baselines) can check up front.
+``model_scope="concatenate"`` marks a method whose ``scope: model`` setting means one call on
+every tensor the executor merges with it, flattened and concatenated (PCB over the whole model).
 
 Reserved keyword inputs are supplied by the caller, never by a recipe:
 
 - ``weights``: per-model weights (sequence of floats), where the method supports them;
 - ``generator``: a seeded :class:`torch.Generator` for randomized methods (DARE);
 - ``stats``: per-model statistics for this tensor (Fisher diagonals, RegMean Gram matrices);
-- ``thresholds``: per-model magnitude thresholds for model-scope trimming (TIES "model" scope).
+- ``thresholds``: per-model magnitude thresholds for model-scope trimming (TIES "model" scope);
+- ``stats_norms``: per-model L2 norms of the statistics over the whole model (Fisher
+  normalisation over the model).
 
 Example::
 
@@ -43,7 +47,7 @@ import torch
 
 from modmerge.errors import MergeMethodError
 
-RESERVED_INPUTS = frozenset({"weights", "generator", "stats", "thresholds"})
+RESERVED_INPUTS = frozenset({"weights", "generator", "stats", "stats_norms", "thresholds"})
 _PARAM_TYPES = (float, int, bool, str)
 
 
@@ -124,6 +128,7 @@ class MergeMethod:
     limitations: str = ""
     max_models: int | None = None
     renamed: tuple[tuple[str, str], ...] = ()  # (registered name, Python argument name)
+    model_scope: str | None = None  # "concatenate": scope 'model' merges the call's tensors as one
 
     @property
     def param_names(self) -> tuple[str, ...]:
@@ -242,9 +247,13 @@ def merge_method(
     randomized: bool = False,
     limitations: str = "",
     max_models: int | None = None,
+    model_scope: str | None = None,
     registry: MergeRegistry = REGISTRY,
 ) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
     """Register ``fn`` as merge method ``name``, reading its parameters from the signature."""
+
+    if model_scope not in (None, "concatenate"):
+        raise TypeError(f"merge method '{name}': model_scope must be None or 'concatenate', not {model_scope!r}")
 
     def decorate(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         signature = inspect.signature(fn)
@@ -269,6 +278,7 @@ def merge_method(
             accepts=frozenset(accepts),
             limitations=limitations,
             max_models=max_models,
+            model_scope=model_scope,
             renamed=tuple((_registered_name(a), a) for a in signature.parameters if _registered_name(a) != a),
         )
         registry.add(method, aliases)

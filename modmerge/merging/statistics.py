@@ -5,8 +5,9 @@ string metadata). The executor hands a merge method, for each tensor, one statis
 model: the Fisher diagonal for ``fisher`` (``needs=("fisher",)``), the layer-input Gram matrix for
 ``regmean`` (``needs=("gram",)``), keyed by the layer's weight name.
 
-Computing them needs a model and data, so they live at the edge: :func:`compute_fisher` and
-:func:`compute_gram` run a model over batches; :func:`save_statistics` / :func:`load_statistics`
+Computing them needs a model and data, so they live at the edge:
+:func:`modmerge.merging.fisher_statistics.compute_fisher` (its own module: three estimators,
+classification and regression heads) and :func:`compute_gram` run a model over batches; :func:`save_statistics` / :func:`load_statistics`
 read and write one safetensors file (a recipe's ``statistics:`` field points at one per model);
 :class:`StatisticsCache` memoises files by (kind, model id, data id) in a directory you pass in.
 
@@ -54,129 +55,50 @@ class Statistics(dict[str, torch.Tensor]):
         self.metadata: dict[str, str] = dict(metadata or {})
 
 
+def statistics_norm(stats: Mapping[str, torch.Tensor], keys: Iterable[str] | None = None) -> float:
+    """The L2 norm of one model's statistics over ``keys`` (default: every tensor), in float64.
+
+    Fisher normalisation over the whole model divides each model's weight by this norm
+    (Matena & Raffel's code): the executor computes it over every tensor merged together.
+
+    >>> statistics_norm({"a": torch.tensor([3.0]), "b": torch.tensor([4.0]), "c": torch.tensor([12.0])}, ["a", "b"])
+    5.0
+    """
+    names = stats.keys() if keys is None else [k for k in keys if k in stats]
+    total = 0.0
+    for name in names:
+        total += float(torch.linalg.vector_norm(stats[name].detach().to(torch.float64)) ** 2)
+    return total**0.5
+
+
 # ---------------------------------------------------------------------------------------------
-# Fisher
+# Batches
 
 
-def _batch_size(batch: Mapping[str, torch.Tensor]) -> int:
+def batch_size(batch: Mapping[str, torch.Tensor]) -> int:
+    """The first dimension of the batch's first batched tensor.
+
+    >>> batch_size({"x": torch.zeros(3, 2), "flag": torch.tensor(1)})
+    3
+    """
     for value in batch.values():
         if isinstance(value, torch.Tensor) and value.ndim > 0:
             return int(value.shape[0])
     raise MergeMethodError(f"statistics: batch with keys {sorted(batch)} holds no batched tensor")
 
 
-def _examples(batch: Mapping[str, torch.Tensor]) -> Iterable[dict[str, torch.Tensor]]:
-    """Split a batch into batches of one (tensors whose first dim is the batch size are sliced)."""
-    size = _batch_size(batch)
+def split_examples(batch: Mapping[str, torch.Tensor]) -> Iterable[dict[str, torch.Tensor]]:
+    """Split a batch into batches of one (tensors whose first dim is the batch size are sliced).
+
+    >>> [ex["x"].shape for ex in split_examples({"x": torch.zeros(2, 3)})]
+    [torch.Size([1, 3]), torch.Size([1, 3])]
+    """
+    size = batch_size(batch)
     for i in range(size):
         yield {
             k: v[i : i + 1] if isinstance(v, torch.Tensor) and v.ndim > 0 and v.shape[0] == size else v
             for k, v in batch.items()
         }
-
-
-def _is_causal_lm(model: torch.nn.Module) -> bool:
-    """Decoder-only generative models predict token i+1 from position i, so labels are shifted."""
-    config = getattr(model, "config", None)
-    can_generate = getattr(model, "can_generate", None)
-    return bool(callable(can_generate) and can_generate() and not getattr(config, "is_encoder_decoder", False))
-
-
-def log_likelihood(
-    model: torch.nn.Module,
-    example: Mapping[str, torch.Tensor],
-    *,
-    empirical: bool = True,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Log-likelihood of one example's label under ``model`` (the default Fisher loss).
-
-    The model is called with every batch entry except ``labels`` and must return logits (a
-    tensor or an output with ``.logits``): (1, classes) for classification, (1, length, vocab)
-    for token-level tasks, where positions labelled -100 (or masked out by ``attention_mask``
-    when there are no labels) are skipped and causal LMs are shifted by one. ``empirical``
-    scores the given label; otherwise a label sampled from the model's own prediction.
-
-    >>> model = torch.nn.Linear(2, 3)
-    >>> log_likelihood(model, {"input": torch.ones(1, 2), "labels": torch.tensor([0])}).shape
-    torch.Size([])
-    """
-    labels = example.get("labels")
-    out = model(**{k: v for k, v in example.items() if k != "labels"})
-    logits = out if isinstance(out, torch.Tensor) else getattr(out, "logits", None)
-    if not isinstance(logits, torch.Tensor) or logits.ndim not in (2, 3):
-        raise MergeMethodError(
-            "statistics: the default Fisher loss needs (batch, classes) or (batch, length, vocab) logits; pass loss_fn"
-        )
-    if empirical and (labels is None or labels.is_floating_point()):
-        raise MergeMethodError("statistics: the empirical Fisher needs integer 'labels' in each batch; pass loss_fn")
-    log_probs = torch.log_softmax(logits.float(), dim=-1)
-    # Which positions count: -100 labels are ignored; without labels, the attention mask decides.
-    valid = labels != -100 if labels is not None else None
-    if valid is None and logits.ndim == 3:
-        valid = example.get("attention_mask")
-    if logits.ndim == 3 and _is_causal_lm(model):
-        log_probs = log_probs[:, :-1]
-        labels = labels[:, 1:] if labels is not None else None
-        valid = valid[:, 1:] if valid is not None else None
-    shape = log_probs.shape[:-1]
-    valid = torch.ones(shape, dtype=torch.bool, device=log_probs.device) if valid is None else valid.reshape(shape).bool()
-    if labels is not None and empirical:
-        target = labels.reshape(shape).clamp_min(0)
-    else:
-        with torch.no_grad():
-            probs = log_probs.exp().reshape(-1, log_probs.shape[-1])
-            target = torch.multinomial(probs, 1, generator=generator).reshape(shape)
-    picked = log_probs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-    return (picked * valid.to(picked.dtype)).sum()
-
-
-def compute_fisher(
-    model: torch.nn.Module,
-    batches: Iterable[Mapping[str, torch.Tensor]],
-    *,
-    loss_fn: LossFn | None = None,
-    n_batches: int | None = None,
-    empirical: bool = True,
-    generator: torch.Generator | None = None,
-) -> Statistics:
-    """Diagonal Fisher: the mean over examples of the squared gradient of the log-likelihood.
-
-    Each batch is split into examples and each example gets its own backward pass (the Fisher
-    is a mean of per-example squared gradients, not the square of a batch gradient), so the
-    cost is one forward and backward per example. ``loss_fn(model, example)`` returns a scalar
-    whose gradient is the score (the log-likelihood or its negative); by default
-    :func:`log_likelihood` with ``empirical`` (true label) or a label sampled from the model.
-    Keys are ``model.named_parameters()`` names of trainable parameters; a parameter the loss
-    does not reach gets zeros. The model runs in eval mode (no dropout) and is restored after.
-
-    >>> model = torch.nn.Linear(2, 3)
-    >>> batch = {"input": torch.randn(4, 2), "labels": torch.tensor([0, 1, 2, 0])}
-    >>> fisher = compute_fisher(model, [batch])
-    >>> sorted(fisher), fisher.metadata["n_examples"]
-    (['bias', 'weight'], '4')
-    """
-    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    totals = {name: torch.zeros(p.shape, dtype=torch.float64) for name, p in params.items()}
-    score = loss_fn or (lambda m, ex: log_likelihood(m, ex, empirical=empirical, generator=generator))
-    count = 0
-    was_training = model.training
-    model.eval()
-    try:
-        for batch in islice(batches, n_batches):
-            for example in _examples(batch):
-                value = score(model, example)
-                grads = torch.autograd.grad(value, list(params.values()), allow_unused=True)
-                for name, grad in zip(params, grads, strict=True):
-                    if grad is not None:
-                        totals[name] += grad.detach().to(torch.float64).cpu() ** 2
-                count += 1
-    finally:
-        model.train(was_training)
-    if count == 0:
-        raise MergeMethodError("statistics: compute_fisher got no examples")
-    fisher = {name: (t / count).to(torch.float32) for name, t in totals.items()}
-    return Statistics(fisher, {"kind": "fisher", "n_examples": str(count), "empirical": str(empirical).lower()})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,7 +175,7 @@ def compute_gram(
             for batch in islice(batches, n_batches):
                 current["mask"] = batch.get("attention_mask")
                 model(**batch)
-                n_examples += _batch_size(batch)
+                n_examples += batch_size(batch)
     finally:
         for handle in handles:
             handle.remove()

@@ -25,7 +25,8 @@ import torch
 from modmerge.checkpoints import in_memory
 from modmerge.errors import ModmergeError
 from modmerge.merging import get_method
-from modmerge.merging.statistics import StatisticsCache, compute_fisher, compute_gram, strip_prefix
+from modmerge.merging.fisher_statistics import compute_fisher
+from modmerge.merging.statistics import StatisticsCache, compute_gram, strip_prefix
 from modmerge.recipes.execute import merged_tensors, model_scope_thresholds
 from modmerge.recipes.plan import MethodCall
 from modmerge.tasks.models import checkpoint_key_map
@@ -131,14 +132,16 @@ def merge_bodies(
 def task_statistics(
     source: TaskSource, kind: str, *, examples: int = 256, cache: StatisticsCache | None = None
 ) -> list[dict[str, torch.Tensor]]:
-    """Per task, Fisher diagonals (``kind="fisher"``) or RegMean Gram matrices (``"gram"``) of the
-    task's own model on the first ``examples`` training examples, body keys only, cached."""
+    """Per task, Fisher diagonals (``kind="fisher"``: the expected Fisher under the task model's own
+    predictions, a Gaussian likelihood for regression heads) or RegMean Gram matrices (``"gram"``)
+    of the task's own model on the first ``examples`` training examples, cached."""
     pool = TaskPool(source, split="train", limit=examples, batch_size=16)
     out = []
     for task in source.tasks:
         digest = source.entry(task).sha256
         model_id = f"{source.name}/{task}/{sorted(digest.items())}"
-        data_id = f"train[:{examples}]/checkpoint-names"
+        # the estimator is part of the data id: a cached empirical Fisher is not the expected one
+        data_id = f"train[:{examples}]/checkpoint-names" + ("/expected" if kind == "fisher" else "")
 
         def compute(task: str = task) -> dict[str, torch.Tensor]:
             model = pool.task_model(task)

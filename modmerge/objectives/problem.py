@@ -203,11 +203,17 @@ class MergeProblem:
     def n_units(self) -> int:
         return len(self.unit_ids)
 
+    @property
+    def full_bits(self) -> int:
+        """Eq. (8)'s ``b_plus``: bits per value of the pretrained checkpoint (16 for bfloat16)."""
+        return self.builder.full_bits
+
     def module_cost(self, key: ModuleKey) -> float:
         """A module's share of eq. (8) (exact: conditional quantisation depends on merged values)."""
         if key not in self._module_cost:
             module = self.builder.module(key)
-            self._module_cost[key] = module_storage_cost(module.tensors.values(), d=self.body_parameters)
+            self._module_cost[key] = module_storage_cost(module.tensors.values(), d=self.body_parameters,
+                                                         full_bits=self.full_bits)
         return self._module_cost[key]
 
     def storage_cost(self, g: GroupingMatrix) -> float:

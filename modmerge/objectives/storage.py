@@ -3,11 +3,14 @@
     C = sum over modules l, groups n, units u of
             b_u * d_u / (b_plus * d)  +  2 * I(b_u < b_plus) / d
 
-``d`` is the parameter count of the full-precision pretrained model and ``b_plus`` its bit-width
-(32 for float32). The first term is the stored parameter bits over the pretrained model's bits;
-the second charges each unit stored narrower than ``b_plus`` two values (scale and zero point) of
-metadata, counted as parameters. So one merged model of the whole body at 8 bits costs
-``8 / 32 = 0.25`` plus ``2 / d`` per quantised unit, and T task-specific float32 models cost ``T``.
+``d`` is the parameter count of the full-precision pretrained model and ``b_plus`` its bit-width:
+the bits of its checkpoint's dtype (32 for float32, 16 for bfloat16;
+:func:`modmerge.quantization.storage_dtype`), and unquantised units are stored in that dtype. The
+first term is the stored parameter bits over the pretrained model's bits; the second charges each
+unit stored narrower than ``b_plus`` two values (scale and zero point) of metadata, counted as
+parameters. So one merged model of the whole body at 8 bits costs ``8 / 32 = 0.25`` of a float32
+checkpoint and ``8 / 16 = 0.5`` of a bfloat16 one, plus ``2 / d`` per quantised unit, and T
+task-specific models cost ``T``.
 
 What ``d`` counts is the caller's choice and must match the units summed: in modmerge it is the
 mergeable body; classification heads are task-specific, never merged, and are reported apart by
@@ -39,6 +42,9 @@ __all__ = ["module_storage_cost", "storage_cost"]
 def storage_cost(units: Iterable[UnitBits], *, d: int, full_bits: int = 32) -> float:
     """Eq. (8) over ``units``: parameter bits over ``full_bits * d`` plus ``2 / d`` per narrow unit.
 
+    ``full_bits`` is ``b_plus``, the pretrained checkpoint's bits per value (the default 32 is a
+    float32 checkpoint's; pass 16 for bfloat16 or float16).
+
     The metadata indicator is ``b_u < full_bits`` as the paper writes it (not the ``quantised``
     flag): a unit quantised to ``full_bits`` bits or more pays no metadata. Both terms are summed
     as integers over a common denominator and divided once, so the result is the correctly
@@ -46,6 +52,8 @@ def storage_cost(units: Iterable[UnitBits], *, d: int, full_bits: int = 32) -> f
 
     >>> storage_cost([UnitBits(100, 32, False)] * 3, d=100)
     3.0
+    >>> storage_cost([UnitBits(100, 8, True)], d=100, full_bits=16)  # bfloat16: half, plus 2/d
+    0.52
     """
     if d <= 0:
         raise ValueError(f"d (parameters of the pretrained model) must be positive, got {d}")

@@ -14,7 +14,12 @@ Example::
             [2., 3.]])
 """
 
-from modmerge.quantization.accounting import UnitBits, dtype_bits, module_storage_bits
+from modmerge.quantization.accounting import (
+    UnitBits,
+    dtype_bits,
+    module_storage_bits,
+    storage_dtype,
+)
 from modmerge.quantization.asymmetric import (
     MAX_BITS,
     Granularity,
@@ -48,6 +53,7 @@ __all__ = [
     "module_storage_bits",
     "num_units",
     "quantize",
+    "storage_dtype",
     "unit_rows",
     "units_to_quantise",
 ]

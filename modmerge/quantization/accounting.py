@@ -19,7 +19,7 @@ Example::
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -31,7 +31,7 @@ from modmerge.quantization.asymmetric import (
     validate_granularity,
 )
 
-__all__ = ["UnitBits", "dtype_bits", "module_storage_bits"]
+__all__ = ["UnitBits", "dtype_bits", "module_storage_bits", "storage_dtype"]
 
 
 class UnitBits(NamedTuple):
@@ -53,6 +53,22 @@ def dtype_bits(dtype: torch.dtype) -> int:
     (32, 16)
     """
     return torch.finfo(dtype).bits
+
+
+def storage_dtype(tensors: Iterable[torch.Tensor]) -> torch.dtype:
+    """The dtype full-precision units are stored in: the pretrained checkpoint's floating dtype.
+
+    Eq. (8)'s ``b_plus`` is its bit-width (16 for a bfloat16 checkpoint), and a module keeps its
+    unquantised units in it, so a unit stored at full precision costs exactly what the checkpoint
+    does. A checkpoint mixing floating dtypes gets the widest one (nothing is rounded down).
+
+    >>> storage_dtype([torch.zeros(2, dtype=torch.bfloat16), torch.zeros(1, dtype=torch.int64)])
+    torch.bfloat16
+    """
+    floating = [t.dtype for t in tensors if t.is_floating_point()]
+    if not floating:
+        raise ValueError("storage_dtype: no floating tensor to take the dtype of")
+    return max(floating, key=dtype_bits)
 
 
 def module_storage_bits(

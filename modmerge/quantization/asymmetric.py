@@ -8,23 +8,27 @@ A *unit* is the set of values that share one scale and one zero point:
   here: a per-element unit would carry two metadata values (scale and zero point) for one value,
   so it would cost more than the full-precision value it replaces (eq. 8 charges 2/d per unit).
 
-For a unit with minimum ``m`` and maximum ``M`` at ``b`` bits (``q_max = 2**b - 1``)::
+For a unit with minimum ``m`` and maximum ``M`` at ``b`` bits (``q_max = 2**b - 1``), the range is
+first widened to hold 0 (``m0 = min(m, 0)``, ``M0 = max(M, 0)``), then::
 
-    s = (M - m) / q_max,   z = round(-m / s)
+    s = (M0 - m0) / q_max,   z = clamp(round(-m0 / s), 0, q_max)
     q = clamp(round(w / s) + z, 0, q_max),   w_hat = s * (q - z)
+
+The zero point is a b-bit code like any other, so 0 lies on the grid (``q = z``): a weight that is
+exactly 0 (pruned, masked, never trained) is reconstructed as exactly 0, as in the standard
+asymmetric scheme of integer-arithmetic inference (Jacob et al., CVPR 2018, arXiv:1712.05877;
+PyTorch's min-max observers widen the range the same way). The price is a coarser step for a
+unit whose values all have one sign: ``s`` spans ``[0, M]`` rather than ``[m, M]``.
 
 The grid ``{s (q - z) : 0 <= q <= q_max}`` is evenly spaced, so rounding ``w / s`` to the nearest
 integer and clamping the code to ``[0, q_max]`` picks the grid point nearest to ``w``: that is
-the argmin of eq. (6). Because ``z`` is rounded, the grid ends lie within ``s / 2`` of ``m`` and
-``M``, so every value of the unit is reconstructed within ``s / 2``.
+the argmin of eq. (6). The grid reaches ``m0`` and ``M0`` (within ``s / 2``, ``z`` being rounded),
+so every value of the unit is reconstructed within ``s / 2``.
 
-Degenerate units: when the range is below about two float32 ulps of the unit's magnitude
-(``M - m < max(|m|, |M|) * q_max / 2**30``, constant units included), the scale is raised to
-``max(|m|, |M|) / 2**30`` (and never below the smallest normal float32). This keeps the zero
-point inside int32 (``|z| <= 2**30``) and makes a constant unit reconstruct exactly, because the
-scale is then a power-of-two fraction of ``|m|`` and ``q - z`` is exactly ``m / s``. The bound
-``|w - w_hat| <= s / 2`` holds with the stored scale, which is then below float32 resolution.
-The stored float32 scale is rounded up, never down, so the grid still spans ``[m, M]``.
+Constant units (``m == M = c``): the scale is ``|c| / 2**(b - 1)``, a power-of-two fraction of
+``c``, so ``c`` is exactly ``s * (+-2**(b - 1))`` and reconstructs exactly; an all-zero unit gets
+the smallest normal float32 as its scale. The stored float32 scale is rounded up, never down, so
+the grid still spans ``[m0, M0]``.
 
 Codes are stored one per element in the narrowest torch integer type that holds them (uint8 up to
 8 bits, int16 up to 15, int32 for 16); codes narrower than 8 bits are not bit-packed, so
@@ -68,8 +72,6 @@ __all__ = [
 Granularity = Literal["tensor", "channel"]
 GRANULARITIES: tuple[str, ...] = get_args(Granularity)
 MAX_BITS = 16
-# |z| <= 2**_Z_BITS keeps the zero point (and q - z) exact in int32 and float64.
-_Z_BITS = 30
 
 
 def validate_bits(bits: object) -> int:
@@ -272,17 +274,17 @@ def quantize(
     rows = unit_rows(w.detach(), granularity)
     # min and max are exact in any dtype; only the per-unit results need float64.
     low, high = rows.amin(dim=1).to(torch.float64), rows.amax(dim=1).to(torch.float64)
-    magnitude = torch.maximum(low.abs(), high.abs())
-    wanted = torch.maximum((high - low) / q_max, magnitude * 2.0**-_Z_BITS)
+    low0, high0 = low.clamp(max=0.0), high.clamp(min=0.0)  # 0 on the grid
+    wanted = torch.where(low == high, torch.maximum(low.abs(), high.abs()) / 2.0 ** (bits - 1), (high0 - low0) / q_max)
     wanted = wanted.clamp_min(torch.finfo(torch.float32).tiny)
     scale = wanted.to(torch.float32)
     # Round the stored scale up so that the grid still reaches both ends of the range.
     up = torch.nextafter(scale, torch.full_like(scale, math.inf))
     scale = torch.where(scale.to(torch.float64) < wanted, up, scale)
     s = scale.to(torch.float64)
-    zero = torch.round(-low / s)
-    # float64 keeps w / s and + z exact enough for the argmin even when |z| is near 2**30;
-    # in-place steps keep it to one float64 copy of the tensor.
+    zero = torch.round(-low0 / s).clamp_(0, q_max)
+    # float64 keeps w / s and + z exact enough for the argmin; in-place steps keep it to one
+    # float64 copy of the tensor.
     codes = rows.to(torch.float64, copy=True).div_(s[:, None]).round_().add_(zero[:, None]).clamp_(0, q_max)
     return QuantizedTensor(
         codes=codes.to(code_dtype(bits)).reshape(w.shape).contiguous(),

@@ -36,7 +36,7 @@ from modmerge.components.decompose import Rule as ComponentRule
 from modmerge.errors import CheckpointError, RecipeError
 from modmerge.merging.linear import linear_coefficients
 from modmerge.merging.sparsify import kept_count, kth_largest
-from modmerge.merging.statistics import load_statistics
+from modmerge.merging.statistics import load_statistics, statistics_norm
 from modmerge.recipes.plan import MethodCall, plan_tensors
 from modmerge.recipes.prefetch import prefetch
 from modmerge.recipes.schema import MergeRecipe
@@ -99,9 +99,16 @@ def merged_tensors(
     device: str | torch.device = "cpu",
     result: MergeResult | None = None,
     thresholds: Mapping[MethodCall, Sequence[float]] | None = None,
+    statistics_norms: Sequence[float] | None = None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(name, merged tensor)`` in the base's key order; values are checked for NaN/Inf."""
+    """Yield ``(name, merged tensor)`` in the base's key order; values are checked for NaN/Inf.
+
+    Methods that take ``stats_norms`` (Fisher normalised over the model) get ``statistics_norms``,
+    one per model, or by default each model's statistics norm over every tensor of ``base``.
+    """
     device = torch.device(device)
+    norms = None if statistics_norms is None else list(statistics_norms)
+    concatenated: dict[MethodCall, dict[str, torch.Tensor]] = {}
     for key in base.keys():
         call = plan[key]
         method = call.merge_method
@@ -137,9 +144,18 @@ def merged_tensors(
                 kwargs["stats"] = (
                     None if any(s is None for s in per_model) else [s.to(device) for s in per_model]
                 )
+            if "stats_norms" in method.accepts and statistics is not None:
+                if norms is None:
+                    norms = [statistics_norm(s, base.keys()) for s in statistics]
+                kwargs["stats_norms"] = norms
             if device.type != "cpu":
                 b, ts = b.to(device), [t.to(device) for t in ts]
-            merged = method(b, ts, **kwargs).to("cpu")
+            if method.model_scope == "concatenate" and kwargs.get("scope") == "model":
+                if call not in concatenated:
+                    concatenated[call] = _concatenated_merge(base, models, plan, call, kwargs, device)
+                merged = concatenated[call].pop(key)
+            else:
+                merged = method(b, ts, **kwargs).to("cpu")
         out = merged.to(out_dtype or base.info(key).dtype).contiguous()
         # scanned after the cast: fewer bytes for half-precision outputs, and a cast that
         # overflows is caught too
@@ -153,6 +169,31 @@ def merged_tensors(
             checkpoint.release(key)
 
 
+def _concatenated_merge(
+    base: Checkpoint, models: Sequence[Checkpoint], plan: Mapping[str, MethodCall], call: MethodCall,
+    kwargs: Mapping[str, object], device: torch.device,
+) -> dict[str, torch.Tensor]:
+    """Merge every floating tensor planned for ``call`` as one flattened vector per model (a
+    method whose ``scope: model`` means the whole model at once, e.g. PCB), split back by key.
+    Holds T + 2 float32 copies of those tensors: the price of scoring them together."""
+    keys = [k for k in base.keys() if plan[k] == call and base.info(k).dtype.is_floating_point]
+
+    def flat(checkpoint: Checkpoint) -> torch.Tensor:
+        parts = [checkpoint.get(k).to(device, torch.float32).reshape(-1) for k in keys]
+        for k in keys:
+            checkpoint.release(k)
+        return torch.cat(parts)
+
+    merged = call.merge_method(flat(base), [flat(m) for m in models], **kwargs).to("cpu")
+    out, start = {}, 0
+    for k in keys:
+        shape = tuple(base.info(k).shape)
+        size = math.prod(shape)
+        out[k] = merged[start : start + size].view(shape)
+        start += size
+    return out
+
+
 def model_scope_thresholds(
     base: Checkpoint, models: Sequence[Checkpoint], plan: Mapping[str, MethodCall]
 ) -> dict[MethodCall, list[float]]:
@@ -163,12 +204,13 @@ def model_scope_thresholds(
     """
     groups: dict[MethodCall, list[str]] = {}
     for key, call in plan.items():
-        if call.kwargs.get("scope") == "model" and base.info(key).dtype.is_floating_point:
+        wants = call.kwargs.get("scope") == "model" and "thresholds" in call.merge_method.accepts
+        if wants and base.info(key).dtype.is_floating_point:
             groups.setdefault(call, []).append(key)
     found: dict[MethodCall, list[float]] = {}
     for call, keys in groups.items():
         n = sum(base.info(k).numel for k in keys)
-        k = kept_count(float(call.kwargs["density"]), n)
+        k = kept_count(float(call.kwargs["density"]), n, str(call.kwargs.get("count", "round")))
         found[call] = []
         for model in models:
 

@@ -35,7 +35,10 @@ def body_from_config(
 
     ``AutoModel`` always adds a pooler to BERT and ViT; when ``keys`` (the checkpoint's names) hold
     no ``pooler.*`` the body was saved without one (ViT with ``add_pooling_layer=False``), so it is
-    dropped. Random initialisation runs in a forked RNG, leaving the caller's RNG untouched.
+    dropped. Random initialisation runs in a forked RNG, leaving the caller's RNG untouched. The
+    body is float32 whatever the config's ``dtype`` says: a bfloat16 checkpoint's values load into
+    it exactly and meet the (float32) task heads; lower-precision forwards are the task pool's
+    ``precision`` setting.
 
     ``layers`` (0 .. the config's ``num_hidden_layers``) builds the body truncated to its first
     encoder layers: embeddings, layers ``0 .. layers - 1``, then whatever the full model applies
@@ -52,7 +55,7 @@ def body_from_config(
             raise ModmergeError(f"{model_dir}: cannot keep {layers!r} encoder layers of {total}")
         config = transformers.AutoConfig.from_pretrained(model_dir, num_hidden_layers=layers)
     with torch.random.fork_rng(devices=[]):
-        body = transformers.AutoModel.from_config(config)
+        body = transformers.AutoModel.from_config(config, dtype=torch.float32)
     if keys is not None and getattr(body, "pooler", None) is not None and not any(k.startswith("pooler.") for k in keys):
         body.pooler = None
     return body.eval()

@@ -40,12 +40,13 @@ CASES = [
         [[41.0 / 9.0, 2.0], [3.0, (4.0 + 64.0) / 9.0]],
     ),
     (
-        # normalize: F1 -> 0.25, F2 diag -> 0.5: diagonal (0.25 T1 + 0.5 T2)/0.75 = (T1 + 2 T2)/3
-        "normalized",
+        # normalize per tensor: ||F1|| = 2, ||F2|| = sqrt(128) = 8 sqrt(2), so c = (1/2, 1/(8 sqrt 2));
+        # diagonal (T1/2 + T2/sqrt(2)) / (1/2 + 1/sqrt(2)); off-diagonal F2 is floored -> T1
+        "normalized_per_tensor",
         [ONES, torch.diag(torch.tensor([8.0, 8.0]))],
         None,
-        {"epsilon": 1e-10, "normalize": True},
-        [[11.0 / 3.0, 2.0], [3.0, 20.0 / 3.0]],
+        {"epsilon": 1e-10, "normalize": True, "norm_scope": "tensor"},
+        [[(0.5 + 5 * 2**-0.5) / (0.5 + 2**-0.5), 2.0], [3.0, (2.0 + 8 * 2**-0.5) / (0.5 + 2**-0.5)]],
     ),
     (
         # all Fisher zero: everything is at the floor -> plain average
@@ -78,7 +79,7 @@ def test_registered_with_statistics_need():
     method = get_method("fisher")
     assert method.needs == ("fisher",)
     assert {"stats", "weights"} <= method.accepts
-    assert method.defaults() == {"epsilon": 1e-6, "normalize": False}
+    assert method.defaults() == {"epsilon": 1e-6, "normalize": False, "norm_scope": "model"}
     with pytest.raises(MergeMethodError, match="epsilon"):
         method.validate_params({"epsilon": -1.0})
 
@@ -114,8 +115,10 @@ def test_normalize_removes_per_model_scale():
     tensors = [torch.randn(6, generator=gen) for _ in range(2)]
     fisher = torch.rand(6, generator=gen) + 0.01
     method = get_method("fisher")
-    out = method(torch.zeros(6), tensors, stats=[fisher, 50.0 * fisher], normalize=True, epsilon=1e-12)
-    torch.testing.assert_close(out, (tensors[0] + tensors[1]) / 2)
+    for scope, norms in (("tensor", None), ("model", [3.0, 150.0])):
+        out = method(torch.zeros(6), tensors, stats=[fisher, 50.0 * fisher], normalize=True, norm_scope=scope,
+                     stats_norms=norms, epsilon=1e-12)
+        torch.testing.assert_close(out, (tensors[0] + tensors[1]) / 2)
 
 
 def test_no_statistics_falls_back_to_weighted_average():
@@ -141,3 +144,58 @@ def test_bad_inputs_raise_one_line(kwargs, message):
 def test_mismatched_model_shapes_raise():
     with pytest.raises(MergeMethodError, match="model 1 tensor has shape"):
         get_method("fisher")(torch.zeros(2, 2), [T1, torch.ones(3)], stats=None)
+
+
+def _realistic_fishers(gen: torch.Generator, shape: tuple[int, ...]) -> list[torch.Tensor]:
+    """Diagonal Fishers with a BERT-like spread: log-normal around 1e-6, two models 30x apart."""
+    return [torch.exp(torch.randn(shape, generator=gen) * 2.0 - 14.0) * scale for scale in (1.0, 30.0)]
+
+
+def test_normalize_floors_the_raw_fisher_on_a_768x3072_tensor():
+    """Reference formula written out (Matena & Raffel's code, RegMean's 'param' norm):
+    c_t = w_t / ||F_t||_2, merged = sum_t c_t max(F_t, eps) theta_t / sum_t c_t max(F_t, eps)."""
+    gen = torch.Generator().manual_seed(4)
+    shape = (768, 3072)
+    thetas = [torch.randn(shape, generator=gen) for _ in range(2)]
+    fishers = _realistic_fishers(gen, shape)
+    f64 = [f.double() for f in fishers]
+    c = [0.5 / torch.sqrt((f * f).sum()) for f in f64]
+    floored = [torch.maximum(f, torch.tensor(1e-6, dtype=torch.float64)) for f in f64]
+    expected = (c[0] * floored[0] * thetas[0].double() + c[1] * floored[1] * thetas[1].double()) / (
+        c[0] * floored[0] + c[1] * floored[1]
+    )
+    method = get_method("fisher")
+    params = method.validate_params({"normalize": True, "norm_scope": "tensor"})
+    out = method(torch.zeros(shape), thetas, **params, stats=fishers)
+    torch.testing.assert_close(out, expected.float(), atol=1e-6, rtol=1e-6)
+    # the merge is not the plain average the old divide-by-sum-then-floor collapsed to
+    assert float((out - (thetas[0] + thetas[1]) / 2).abs().mean()) > 0.1
+
+
+def test_whole_model_norm_over_every_tensor_of_each_model():
+    """norm_scope 'model': c_t = w_t / sqrt(sum over the model's tensors of ||F_t||^2)."""
+    gen = torch.Generator().manual_seed(5)
+    shapes = {"a": (768, 3072), "b": (3072,)}
+    thetas = {k: [torch.randn(s, generator=gen) for _ in range(2)] for k, s in shapes.items()}
+    fishers = {k: _realistic_fishers(gen, s) for k, s in shapes.items()}
+    norms = [float(torch.sqrt(sum((fishers[k][t].double() ** 2).sum() for k in shapes))) for t in range(2)]
+    method = get_method("fisher")
+    params = method.validate_params({"normalize": True})
+    for key in shapes:
+        f = [x.double() for x in fishers[key]]
+        fl = [torch.clamp(x, min=1e-6) for x in f]
+        th = [x.double() for x in thetas[key]]
+        expected = (fl[0] * th[0] / norms[0] + fl[1] * th[1] / norms[1]) / (fl[0] / norms[0] + fl[1] / norms[1])
+        out = method(torch.zeros(shapes[key]), thetas[key], **params, stats=fishers[key], stats_norms=norms)
+        torch.testing.assert_close(out, expected.float(), atol=1e-6, rtol=1e-6)
+
+
+def test_whole_model_norm_needs_the_norms_or_a_positive_norm():
+    method = get_method("fisher")
+    with pytest.raises(MergeMethodError, match="stats_norms"):
+        method(torch.zeros(2, 2), [T1, T2], stats=[ONES, ONES], normalize=True)
+    with pytest.raises(MergeMethodError, match=r"model 0 has Fisher norm 0\.0"):
+        method(torch.zeros(2, 2), [T1, T2], stats=[ONES, ONES], normalize=True, stats_norms=[0.0, 1.0])
+    # every norm 0 (no model reaches this tensor): the floored average
+    out = method(torch.zeros(2, 2), [T1, T2], stats=[torch.zeros(2, 2)] * 2, normalize=True, norm_scope="tensor")
+    torch.testing.assert_close(out, (T1 + T2) / 2)

@@ -125,3 +125,16 @@ def test_chunked_half_precision_sum_is_bit_identical_to_the_plain_sum(dtype, coe
             expected.add_(t, alpha=c)
     got = linear_combination(tensors, coefficients)
     assert got.dtype == torch.float32 and torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_task_arithmetic_of_16_models_is_within_1e6_of_float64(dtype):
+    """theta_0 + lambda * sum_t (theta_t - theta_0), the reference computed in float64 by hand."""
+    gen = torch.Generator().manual_seed(16)
+    base = (torch.randn(768, 768, generator=gen) * 2.0).to(dtype)
+    models = [(base.double() + 0.01 * torch.randn(768, 768, generator=gen, dtype=torch.float64)).to(dtype)
+              for _ in range(16)]
+    expected = base.double() + 0.3 * sum(m.double() - base.double() for m in models)
+    out = get_method("task_arithmetic")(base, models, scaling=0.3)
+    assert out.dtype == torch.float32
+    assert float((out.double() - expected).abs().max()) < 1e-6

@@ -28,8 +28,8 @@ def _call(name, params, weights=None, seed=None):
     ("name", "defaults"),
     [
         ("dare_linear", {"density": 1.0, "lambda": 1.0, "rescale": True, "rescale_by": "l1"}),
-        ("dare_ties", {"density": 1.0, "lambda": 1.0, "rescale": True, "rescale_by": "l1"}),
-        ("breadcrumbs_ties", {"density": 1.0, "gamma": 0.01, "lambda": 1.0, "rescale": False}),
+        ("dare_ties", {"density": 1.0, "lambda": 1.0, "rescale": True, "rescale_by": "l1", "normalize": True}),
+        ("breadcrumbs_ties", {"density": 1.0, "gamma": 0.01, "lambda": 1.0, "rescale": False, "normalize": True}),
     ],
 )
 def test_mergekit_defaults(name, defaults):

@@ -14,10 +14,11 @@ STATIC = ("weight_averaging", "task_arithmetic", "ties", "dare", "breadcrumbs", 
 DEFAULTS = {
     "weight_averaging": {},
     "task_arithmetic": {"scaling": 0.3},
-    "ties": {"density": 0.2, "scaling": 1.0, "scope": "tensor"},
+    "ties": {"density": 0.2, "scaling": 1.0, "scope": "tensor", "count": "round", "zero_sign": "plus"},
     "dare": {"drop_rate": 0.9, "consensus": "none", "scaling": 0.3},
-    "breadcrumbs": {"density": 0.1, "gamma": 0.01, "consensus": "none", "scaling": 0.3},
-    "pcb": {"drop_ratio": 0.9, "scaling": 1.0},
+    "breadcrumbs": {"density": 0.1, "gamma": 0.01, "consensus": "none", "scaling": 0.3, "rank": "tensor",
+                    "count": "round"},
+    "pcb": {"drop_ratio": 0.9, "scaling": 1.0, "scope": "tensor", "variant": "paper"},
 }
 
 ACCEPTS = {

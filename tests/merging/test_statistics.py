@@ -10,10 +10,10 @@ import transformers
 
 from modmerge.errors import CheckpointError, MergeMethodError
 from modmerge.merging import get_method
+from modmerge.merging.fisher_statistics import compute_fisher
 from modmerge.merging.statistics import (
     Statistics,
     StatisticsCache,
-    compute_fisher,
     compute_gram,
     load_statistics,
     save_statistics,
@@ -55,12 +55,13 @@ class Logits(torch.nn.Module):
         return transformers.modeling_outputs.SequenceClassifierOutput(logits=self.linear(x))
 
 
-def test_fisher_matches_the_closed_form_of_softmax_regression():
+def test_empirical_fisher_matches_the_closed_form_of_softmax_regression():
     torch.manual_seed(1)
     model = Logits()
     x = torch.randn(5, 3)
     y = torch.tensor([0, 1, 1, 0, 1])
-    fisher = compute_fisher(model, [{"x": x[:3], "labels": y[:3]}, {"x": x[3:], "labels": y[3:]}])
+    fisher = compute_fisher(model, [{"x": x[:3], "labels": y[:3]}, {"x": x[3:], "labels": y[3:]}],
+                            estimator="empirical")
     # d log softmax(Wx)_y / dW = (onehot(y) - p) x^T; Fisher = mean over examples of its square
     with torch.no_grad():
         p = torch.softmax(x @ model.linear.weight.T, dim=-1)
@@ -96,13 +97,14 @@ def test_fisher_on_tiny_bert(tiny_bert):
     assert fisher["bert.encoder.layer.0.attention.self.query.weight"].abs().sum() > 0
     assert fisher.metadata["n_examples"] == "4"
     assert tiny_bert.training  # mode restored
-    sampled = compute_fisher(tiny_bert, bert_batches(), empirical=False, generator=torch.Generator().manual_seed(0))
-    assert set(sampled) == trainable and sampled.metadata["empirical"] == "false"
+    assert fisher.metadata["estimator"] == "expected"
+    sampled = compute_fisher(tiny_bert, bert_batches(), estimator="sampled", generator=torch.Generator().manual_seed(0))
+    assert set(sampled) == trainable and sampled.metadata["estimator"] == "sampled"
 
 
 def test_empirical_fisher_needs_labels():
     with pytest.raises(MergeMethodError, match="labels"):
-        compute_fisher(Logits(), [{"x": torch.ones(2, 3)}])
+        compute_fisher(Logits(), [{"x": torch.ones(2, 3)}], estimator="empirical")
 
 
 def test_gram_equals_manual_xtx_for_a_sequential():

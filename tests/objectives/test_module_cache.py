@@ -47,3 +47,22 @@ def test_a_tiny_module_cache_rebuilds_modules_and_gives_the_same_objectives(tiny
     a, b = roomy.evaluate(gs), tight.evaluate(gs)
     assert [(e.performance, e.storage_cost) for e in a] == [(e.performance, e.storage_cost) for e in b]
     assert len(tight.builder._modules) == 0 and tight.builder.builds > roomy.builder.builds
+
+
+def test_fisher_modules_normalise_by_each_tasks_whole_body_norm():
+    """A module merges one unit, but normalize divides by the Fisher norm over every unit."""
+    from modmerge.experts.modules import ExpertBuilder, ModuleKey
+
+    gen = torch.Generator().manual_seed(0)
+    keys = {"u0": ["a"], "u1": ["b"]}
+    pretrained = {"a": torch.zeros(3), "b": torch.zeros(2)}
+    tasks = [{"a": torch.randn(3, generator=gen), "b": torch.randn(2, generator=gen)} for _ in range(2)]
+    stats = [{"a": torch.tensor([1.0, 2.0, 2.0]), "b": torch.tensor([4.0, 0.0])},
+             {"a": torch.tensor([3.0, 0.0, 4.0]), "b": torch.tensor([0.0, 12.0])}]
+    call = MethodCall.build("fisher", {"normalize": True, "epsilon": 1e-6})
+    builder = ExpertBuilder(pretrained, tasks, keys, call, QuantConfig(mode="never"), statistics=stats)
+    got = builder.dense(ModuleKey("u0", (0, 1)))["a"]
+    norms = [(1 + 4 + 4 + 16) ** 0.5, (9 + 16 + 144) ** 0.5]  # 5 and 13, over a and b together
+    f = [torch.tensor([1.0, 2.0, 2.0]) / norms[0], torch.tensor([3.0, 1e-6, 4.0]) / norms[1]]
+    expected = (f[0] * tasks[0]["a"] + f[1] * tasks[1]["a"]) / (f[0] + f[1])
+    torch.testing.assert_close(got, expected)

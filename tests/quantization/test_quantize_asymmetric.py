@@ -32,11 +32,29 @@ def test_hand_computed_exact_scale_and_positive_range():
     assert q.scale.tolist() == [1.0] and q.zero_point.tolist() == [1]
     assert q.codes.tolist() == [[0, 1, 2, 3]]
     assert q.dequantize().tolist() == [[-1.0, 0.0, 1.0, 2.0]]
-    # A range away from zero: m = 4, M = 7, s = 1, z = round(-4) = -4 (outside [0, 3], as the
-    # grid {4, 5, 6, 7} needs); codes 0..3.
+
+
+def test_zero_point_is_a_b_bit_code_so_zero_is_on_the_grid():
+    # A range away from zero: m = 4, M = 7 widens to [0, 7]: s = 7/3, z = clamp(round(0), 0, 3) = 0.
+    # w / s = [1.71, 2.14, 2.57, 3.0] -> codes [2, 2, 3, 3]; w_hat = s * q = [14/3, 14/3, 7, 7].
     q = quantize(torch.tensor([4.0, 5.0, 6.0, 7.0]), bits=2)
-    assert q.zero_point.tolist() == [-4] and q.codes.tolist() == [0, 1, 2, 3]
-    assert q.dequantize().tolist() == [4.0, 5.0, 6.0, 7.0]
+    assert q.zero_point.tolist() == [0] and q.codes.tolist() == [2, 2, 3, 3]
+    torch.testing.assert_close(q.dequantize(), torch.tensor([14 / 3, 14 / 3, 7.0, 7.0]))
+    # All negative: [-7, 0], s = 7/3, z = round(7 / s) = 3; w / s + z = [0, 0.43, 0.86, 1.29] -> [0, 0, 1, 1];
+    # w_hat = s * (q - 3) = [-7, -7, -14/3, -14/3].
+    q = quantize(torch.tensor([-7.0, -6.0, -5.0, -4.0]), bits=2)
+    assert q.zero_point.tolist() == [3] and q.codes.tolist() == [0, 0, 1, 1]
+    torch.testing.assert_close(q.dequantize(), torch.tensor([-7.0, -7.0, -14 / 3, -14 / 3]))
+    # Any unit, any offset: z in [0, q_max], and the code z is exactly 0.
+    gen = torch.Generator().manual_seed(3)
+    for offset in (-50.0, -1.0, 0.0, 0.3, 1e4):
+        w = torch.randn(5, 16, generator=gen) * 0.1 + offset
+        q = quantize(w, bits=4, granularity="channel")
+        assert bool(((q.zero_point >= 0) & (q.zero_point <= 15)).all())
+        zero_codes = QuantizedTensor(q.zero_point.to(torch.uint8)[:, None].expand(5, 16).contiguous(), q.scale,
+                                     q.zero_point, 4, "channel")
+        assert torch.equal(zero_codes.dequantize(), torch.zeros(5, 16))
+        _unit_errors_within_half_step(w, q)
 
 
 def _unit_errors_within_half_step(w: torch.Tensor, q: QuantizedTensor) -> None:
@@ -55,9 +73,9 @@ def test_error_at_most_half_a_step_for_random_tensors(granularity, offset):
         q = quantize(w, bits=8, granularity=granularity)
         _unit_errors_within_half_step(w, q)
         assert int(q.codes.max()) <= 255
-        # Per unit, the scale is the unit's range over 255 (rounded up to float32).
+        # Per unit, the scale is the unit's range widened to hold 0, over 255 (rounded up to float32).
         rows = w.reshape(q.num_units, -1).double()
-        wanted = (rows.amax(1) - rows.amin(1)) / 255
+        wanted = (rows.amax(1).clamp(min=0) - rows.amin(1).clamp(max=0)) / 255
         assert bool((q.scale.double() >= wanted).all())
         torch.testing.assert_close(q.scale.double(), wanted, rtol=1e-6, atol=0)
 
@@ -90,14 +108,13 @@ def test_constant_rows_among_varying_rows():
     assert torch.equal(deq[0], w[0]) and torch.equal(deq[2], w[2])
 
 
-def test_nearly_constant_unit_keeps_zero_point_in_int32():
-    # Range of one float32 ulp at 1.0: the scale is raised so that |z| <= 2**30 (module docstring).
+def test_nearly_constant_unit_is_within_half_a_step():
+    # Range of one float32 ulp at 1.0, widened to [0, 1 + ulp]: z = 0 and the step is (1 + ulp) / 255.
     one = torch.tensor(1.0)
     w = torch.stack([one, torch.nextafter(one, torch.tensor(2.0)), one])
     q = quantize(w, bits=8)
-    assert abs(int(q.zero_point)) <= 2**30
+    assert int(q.zero_point) == 0
     _unit_errors_within_half_step(w, q)
-    assert torch.equal(q.dequantize(), w)  # the error bound is below float32 resolution here
 
 
 def test_units_by_granularity():

@@ -209,6 +209,48 @@ def test_data_dependent_method_needs_statistics(bert_zoo, tmp_path):
     torch.testing.assert_close(merged[key], first[key], rtol=1e-4, atol=1e-5)
 
 
+def test_fisher_normalize_divides_by_each_models_whole_model_norm(bert_zoo, tmp_path):
+    """normalize (norm_scope 'model'): c_t = 1 / sqrt(sum over every merged tensor of ||F_t||^2)."""
+    from modmerge.merging.statistics import save_statistics
+
+    base, tasks = bert_zoo
+    gen = torch.Generator().manual_seed(0)
+    fishers, entries = [], []
+    for i, task in enumerate(tasks):
+        fisher = {k: torch.rand(v.shape, generator=gen) * (10.0**i) for k, v in weights_of(task).items()
+                  if v.is_floating_point()}
+        fishers.append(fisher)
+        path = save_statistics(tmp_path / f"fisher{i}.safetensors", fisher, {"kind": "fisher"})
+        entries.append({"model": str(task), "statistics": str(path)})
+    recipe = parse_recipe({"base_model": str(base), "models": entries, "method": "fisher",
+                           "parameters": {"normalize": True}})
+    run_recipe(recipe, tmp_path / "out")
+    merged, b, ts = weights_of(tmp_path / "out"), weights_of(base), [weights_of(t) for t in tasks]
+    floats = [k for k in b if b[k].is_floating_point()]
+    norms = [torch.sqrt(sum((f[k].double() ** 2).sum() for k in floats)) for f in fishers]
+    for key in ("encoder.layer.0.intermediate.dense.weight", "embeddings.LayerNorm.bias"):
+        floored = [f[key].double().clamp_min(1e-6) / n for f, n in zip(fishers, norms, strict=True)]
+        expected = sum(fl * t[key].double() for fl, t in zip(floored, ts, strict=True)) / sum(floored)
+        torch.testing.assert_close(merged[key], expected.to(merged[key].dtype), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["paper", "authors"])
+def test_pcb_model_scope_scores_the_whole_model_as_one_vector(bert_zoo, tmp_path, variant):
+    """scope: model balances one flattened vector per model (the paper, its code), not per tensor."""
+    base, tasks = bert_zoo
+    params = {"drop_ratio": 0.8, "scope": "model", "variant": variant}
+    run_recipe(recipe_for(base, tasks, method="pcb", parameters=params), tmp_path / "out")
+    merged, b, ts = weights_of(tmp_path / "out"), weights_of(base), [weights_of(t) for t in tasks]
+    keys = [k for k in b if b[k].is_floating_point()]  # the base's key order, as the executor
+    flat = get_method("pcb")(torch.cat([b[k].reshape(-1) for k in keys]),
+                             [torch.cat([t[k].reshape(-1) for k in keys]) for t in ts], **params)
+    got = torch.cat([merged[k].float().reshape(-1) for k in keys])
+    torch.testing.assert_close(got, flat)
+    key = "encoder.layer.0.intermediate.dense.weight"
+    per_tensor = get_method("pcb")(b[key], [t[key] for t in ts], drop_ratio=0.8, variant=variant)
+    assert not torch.allclose(merged[key], per_tensor)
+
+
 def test_ties_model_scope_trims_over_the_whole_model(bert_zoo, tmp_path):
     """scope: model keeps the top-k of each whole task vector (the TIES paper), not per tensor."""
     from modmerge.merging.sparsify import disjoint_mean, elect_sign, magnitude_threshold
