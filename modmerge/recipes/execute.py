@@ -30,7 +30,7 @@ from modmerge.checkpoints import (
     validate_checkpoints,
     write_model_directory,
 )
-from modmerge.checkpoints.validate import is_finite
+from modmerge.checkpoints.validate import count_nonfinite, is_finite
 from modmerge.components import ComponentMap, decompose, detect_architecture, load_architecture
 from modmerge.components.decompose import Rule as ComponentRule
 from modmerge.errors import CheckpointError, RecipeError
@@ -100,7 +100,8 @@ def merged_tensors(
     result: MergeResult | None = None,
     thresholds: Mapping[MethodCall, Sequence[float]] | None = None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(name, merged tensor)`` in the base's key order; values are checked for NaN/Inf."""
+    """Yield ``(name, merged tensor)`` in the base's key order; the inputs and every merged tensor
+    are checked for NaN/Inf (a :class:`CheckpointError` naming the tensor, and the file or the method)."""
     device = torch.device(device)
     for key in base.keys():
         call = plan[key]
@@ -141,12 +142,16 @@ def merged_tensors(
                 b, ts = b.to(device), [t.to(device) for t in ts]
             merged = method(b, ts, **kwargs).to("cpu")
         out = merged.to(out_dtype or base.info(key).dtype).contiguous()
-        # scanned after the cast: fewer bytes for half-precision outputs, and a cast that
-        # overflows is caught too
-        if deferred and not is_finite(out):
-            for checkpoint, tensor in zip((base, *models), (b, *ts), strict=True):
-                check_finite(tensor, label=checkpoint.label, key=key)
-            raise CheckpointError(f"tensor '{key}': the merged values overflow {out.dtype} (inputs are finite)")
+        # Every method's output is scanned, after the cast: fewer bytes for half-precision
+        # outputs, and a cast that overflows is caught too. Finite inputs can still give NaN/Inf
+        # (an overflow, a division by a vanishing norm); a deferred scan names a bad input first.
+        if not is_finite(out):
+            if deferred:
+                for checkpoint, tensor in zip((base, *models), (b, *ts), strict=True):
+                    check_finite(tensor, label=checkpoint.label, key=key)
+            n_nan, n_inf = count_nonfinite(out)
+            raise CheckpointError(f"tensor '{key}': the merged values of method '{call.method}' are not finite "
+                                  f"({n_nan} NaN, {n_inf} Inf in {out.dtype}; the inputs are finite)")
         del b, ts, merged
         yield key, out
         for checkpoint in (base, *models):
