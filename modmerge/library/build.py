@@ -67,6 +67,8 @@ def build_library(
     progress: Progress | None = None,
 ) -> Library:
     """Build (or atomically replace) the expert library ``lib_dir`` from the search run ``run_dir``.
+    Only an absent or empty ``lib_dir``, or an expert library, may be the target
+    (:func:`check_library_target`).
 
     ``router`` is ``(Router.to_state(), RouterConfig.to_dict())``, optionally with a
     ``test_accuracy`` entry in the dict: it goes to ``manifest.router.test_accuracy``, not into the
@@ -80,6 +82,7 @@ def build_library(
     'c1'
     """
     run_dir, lib_dir = Path(run_dir), Path(lib_dir)
+    check_library_target(lib_dir)
     payload = _read_pareto(run_dir / "pareto.json")
     remove_dead_staging(lib_dir)
     staging = staging_dir(lib_dir)
@@ -318,11 +321,33 @@ def _write_manifest(staging: Path, manifest: LibraryManifest) -> None:
     write_text(staging / "manifest.json", manifest.model_dump_json(indent=2))
 
 
+def check_library_target(lib_dir: str | Path) -> None:
+    """Raise :class:`LibraryError` unless a build may put a library at ``lib_dir``: it is absent,
+    an empty directory, or an expert library (its ``manifest.json`` a regular file that opens as
+    a library manifest). Anything else (a zoo, a model, a user's files) is never replaced, even
+    when it holds a file named ``manifest.json``.
+
+    >>> check_library_target("zoos/tiny")  # doctest: +SKIP
+    Traceback (most recent call last):
+    ...
+    modmerge.library.manifest.LibraryError: zoos/tiny: not replaced: it is not empty and not an expert library (...)
+    """
+    lib_dir = Path(lib_dir)
+    if not lib_dir.exists() and not lib_dir.is_symlink():
+        return
+    if not lib_dir.is_dir():
+        raise LibraryError(f"{lib_dir}: not replaced: it exists and is not a directory")
+    if not any(lib_dir.iterdir()):
+        return
+    try:
+        Library.open(lib_dir)
+    except LibraryError as err:
+        raise LibraryError(f"{lib_dir}: not replaced: it is not empty and not an expert library ({err}); "
+                           "remove it or build elsewhere") from None
+
+
 def _swap_in(staging: Path, lib_dir: Path) -> None:
-    """Rename the finished library into place; an old one is renamed aside first, then removed."""
-    if lib_dir.exists() and not lib_dir.is_dir():
-        raise LibraryError(f"{lib_dir}: exists and is not a directory")
-    if lib_dir.is_dir() and any(lib_dir.iterdir()) and not (lib_dir / "manifest.json").exists():
-        # Never delete a directory that is not one of ours.
-        raise LibraryError(f"{lib_dir}: exists, is not empty and is not an expert library (no manifest.json)")
+    """Rename the finished library into place; an old one is renamed aside first, then removed.
+    ``lib_dir`` is checked again (it was before the build): it may have changed meanwhile."""
+    check_library_target(lib_dir)
     move_into_place(staging, lib_dir)
