@@ -91,11 +91,13 @@ def write_model_directory(
     max_shard_bytes: int = 4 * 2**30,
     overwrite: bool = False,
     progress: Callable[[str, int], None] | None = None,
+    extra_files: Mapping[str, str] | None = None,
 ) -> Path:
     """Stream ``tensors`` (matching ``specs``, in any order) into a new HF model directory.
 
     Writes ``model.safetensors`` (or shards plus ``model.safetensors.index.json``), ``config.json``
-    when ``config`` is given, and the tokenizer/processor/generation files of ``copy_files_from``.
+    when ``config`` is given, the tokenizer/processor/generation files of ``copy_files_from``, and
+    ``extra_files`` (file name -> text, such as a provenance marker), all appearing together.
     An existing non-empty ``out_dir`` is an error unless ``overwrite``; it is then swapped out
     only once the new directory is complete. If consuming ``tensors`` raises, nothing changes on
     disk and the exception propagates. ``progress(name, nbytes)`` is called per tensor.
@@ -122,6 +124,8 @@ def write_model_directory(
             (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         if copy_files_from is not None:
             _copy_support_files(Path(copy_files_from), tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
         move_into_place(tmp, out_dir)
     except BaseException:
         _remove_tree(tmp)

@@ -37,6 +37,7 @@ from modmerge.errors import CheckpointError, RecipeError
 from modmerge.merging.linear import linear_coefficients
 from modmerge.merging.sparsify import kept_count, kth_largest
 from modmerge.merging.statistics import load_statistics
+from modmerge.recipes.output_dir import MARKER, check_output_dir, marker_text
 from modmerge.recipes.plan import MethodCall, plan_tensors
 from modmerge.recipes.prefetch import prefetch
 from modmerge.recipes.schema import MergeRecipe
@@ -211,6 +212,7 @@ def run_recipe(
     progress: ProgressFn | None = None,
     on_total: Callable[[int], None] | None = None,
     body_only: bool = False,
+    force: bool = False,
 ) -> MergeResult:
     """Merge the recipe's models into a Hugging Face model directory at ``out_dir``.
 
@@ -219,11 +221,16 @@ def run_recipe(
     task's own pooler and classifier), or with ``body_only`` the merged body alone
     (:mod:`modmerge.recipes.task_models`).
 
-    Everything that can be checked before writing is checked first (recipe, checkpoints,
-    components, statistics); the output appears atomically only when complete.
+    Everything that can be checked before writing is checked first (output directory, recipe,
+    checkpoints, components, statistics); the output appears atomically only when complete, with
+    the ``modmerge.json`` marker that lets a later ``overwrite`` replace it. ``force`` replaces any
+    directory (:func:`~modmerge.recipes.output_dir.check_output_dir`).
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
+    check_output_dir(out_dir, overwrite=overwrite, force=force)
+    overwrite = overwrite or force
+    extra_files = {MARKER: marker_text()}
     result = MergeResult(out_dir=out_dir)
     with ExitStack() as stack:
         base = stack.enter_context(open_checkpoint(recipe.base_model, allow_pickle=allow_pickle))
@@ -270,7 +277,8 @@ def run_recipe(
         if tasks is not None:
             write_task_models(out_dir, stream, specs, tasks, full_base, body_only=body_only, overwrite=overwrite,
                               metadata=metadata, max_shard_bytes=recipe.max_shard_size,
-                              base_config=_output_config(full_base, [], recipe.dtype), progress=progress)
+                              base_config=_output_config(full_base, [], recipe.dtype), progress=progress,
+                              extra_files=extra_files)
             result.tensors = len(specs)
             result.bytes_written = sum(s.nbytes for s in specs.values())
             result.seconds = time.perf_counter() - started
@@ -287,6 +295,7 @@ def run_recipe(
             max_shard_bytes=recipe.max_shard_size,
             overwrite=overwrite,
             progress=progress,
+            extra_files=extra_files,
         )
     result.tensors = len(specs)
     result.bytes_written = sum(s.nbytes for s in specs.values())

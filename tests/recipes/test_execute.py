@@ -170,8 +170,13 @@ def test_existing_output_is_kept_unless_overwrite(bert_zoo, tmp_path):
     with pytest.raises(Exception, match="out"):
         run_recipe(recipe_for(base, tasks, method="weight_averaging"), out)
     assert (out / "keep.txt").read_text() == "mine"
-    run_recipe(recipe_for(base, tasks, method="weight_averaging"), out, overwrite=True)
+    # no merge wrote it: overwrite alone refuses, force replaces it
+    with pytest.raises(CheckpointError, match="no modmerge merge wrote it"):
+        run_recipe(recipe_for(base, tasks, method="weight_averaging"), out, overwrite=True)
+    assert (out / "keep.txt").read_text() == "mine"
+    run_recipe(recipe_for(base, tasks, method="weight_averaging"), out, force=True)
     assert not (out / "keep.txt").exists() and (out / "config.json").exists()
+    run_recipe(recipe_for(base, tasks, method="task_arithmetic"), out, overwrite=True)  # an earlier merge
 
 
 def test_lora_adapter_as_a_model(bert_zoo, tmp_path):
