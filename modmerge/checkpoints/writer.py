@@ -12,7 +12,7 @@ import logging
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from modmerge.checkpoints.resolve import SAFETENSORS_INDEX
 from modmerge.checkpoints.safetensors_io import StreamingSafetensorsWriter
 from modmerge.checkpoints.source import TensorInfo
 from modmerge.errors import CheckpointError
+from modmerge.regular_files import UnsafeFileError, open_regular
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ def write_model_directory(
         if config is not None:
             (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         if copy_files_from is not None:
-            _copy_support_files(Path(copy_files_from), tmp)
+            copy_support_files(Path(copy_files_from), tmp)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
         move_into_place(tmp, out_dir)
@@ -176,18 +177,51 @@ def _write_weights(
         (tmp / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
 
 
-def _copy_support_files(src: Path, dst: Path) -> None:
+def copy_support_files(src: Path, dst: Path, patterns: Sequence[str] = COPY_PATTERNS) -> list[str]:
+    """Copy the files of model directory ``src`` whose names match ``patterns`` (no weights) into
+    ``dst``, as regular files; return the names copied.
+
+    Only files that really live in ``src`` are copied: a symlink is followed when it resolves to
+    a regular file inside ``src`` (the file is the model's own either way), and skipped, with a
+    warning, when it resolves anywhere else, so no link can pull an outside file's contents into
+    the output. In a Hugging Face cache snapshot (``models--ORG--NAME/snapshots/REV``), whose
+    files are links into the repository's ``blobs/``, links into that ``blobs/`` are followed too.
+    FIFOs, devices and dangling links are skipped with a warning.
+
+    >>> copy_support_files(Path("models/bert-sst2"), Path("out"))  # doctest: +SKIP
+    ['special_tokens_map.json', 'tokenizer.json', 'tokenizer_config.json', 'vocab.txt']
+    """
     if not src.is_dir():
         raise CheckpointError(f"{src}: copy_files_from is not a directory")
+    roots = _roots(src)
+    copied = []
     for item in sorted(src.iterdir()):
-        if (
-            not item.is_file()
-            or item.suffix in _WEIGHT_SUFFIXES
-            or item.name.endswith(".index.json")
-        ):
+        if item.suffix in _WEIGHT_SUFFIXES or item.name.endswith(".index.json") or item.is_dir():
             continue
-        if any(fnmatch.fnmatch(item.name, pattern) for pattern in COPY_PATTERNS):
-            shutil.copy2(item, dst / item.name)
+        if not any(fnmatch.fnmatch(item.name, pattern) for pattern in patterns):
+            continue
+        real = os.path.realpath(item)
+        if not any(Path(real).is_relative_to(root) for root in roots):
+            logger.warning("%s: not copied: a symlink to %s, outside %s", item, real, src)
+            continue
+        try:
+            with open_regular(real) as fin, (dst / item.name).open("wb") as fout:
+                shutil.copyfileobj(fin, fout)
+        except (UnsafeFileError, FileNotFoundError) as err:
+            logger.warning("%s: not copied: %s", item, err.strerror if isinstance(err, FileNotFoundError) else err)
+            continue
+        copied.append(item.name)
+    return copied
+
+
+def _roots(src: Path) -> list[Path]:
+    """Where the files of ``src`` may really live: ``src``, and for a Hugging Face cache snapshot
+    its repository's ``blobs/`` (both with symlinks resolved)."""
+    real = Path(os.path.realpath(src))
+    roots = [real]
+    if real.parent.name == "snapshots" and real.parent.parent.name.startswith("models--"):
+        roots.append(Path(os.path.realpath(real.parent.parent / "blobs")))
+    return roots
 
 
 def move_into_place(tmp: Path, out_dir: Path) -> None:

@@ -15,7 +15,6 @@ never a half-written one.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import logging
 import shutil
@@ -27,7 +26,7 @@ import torch
 from pydantic import ValidationError
 
 from modmerge.atomic import remove_dead_staging, staging_dir, write_text
-from modmerge.checkpoints.writer import COPY_PATTERNS, move_into_place
+from modmerge.checkpoints.writer import COPY_PATTERNS, copy_support_files, move_into_place
 from modmerge.errors import ModmergeError, validation_line
 from modmerge.experts.grouping import GroupingMatrix
 from modmerge.experts.modules import Module, ModuleKey
@@ -307,12 +306,11 @@ def _store_router(blobs: Path, router: RouterWeights, source: TaskSource) -> Rou
 
 
 def _copy_backbone(source: TaskSource, out: Path) -> None:
-    """The backbone's config and tokenizer/processor files, no weights: enough to build an empty body."""
+    """The backbone's config and tokenizer/processor files, no weights: enough to build an empty body.
+    Only files that really live in the backbone's directory (no symlink out of it) are copied."""
     src = source.backbone_dir
     out.mkdir()
-    for f in sorted(src.iterdir()):
-        if f.is_file() and any(fnmatch.fnmatch(f.name, p) for p in _BACKBONE_FILES) and f.suffix != ".safetensors":
-            shutil.copy2(f, out / f.name)
+    copy_support_files(src, out, _BACKBONE_FILES)
     if not (out / "config.json").exists():
         raise LibraryError(f"{src}: backbone has no config.json")
 
