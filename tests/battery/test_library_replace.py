@@ -16,20 +16,6 @@ import pytest
 from battery_support import assert_refused, invoke, snapshot
 
 from modmerge.library import Library
-from modmerge.search.driver import run_search_recipe
-from modmerge.search.recipe import SearchRecipe
-from modmerge.zoo.store import ZooStore
-
-
-@pytest.fixture(scope="module")
-def run_dir(tiny_zoo, tmp_path_factory) -> Path:
-    """A tiny search run to build libraries from."""
-    store = ZooStore(tiny_zoo.root.parent.parent)
-    recipe = SearchRecipe(zoo="tiny", budget=4, population=2, validation_limit=16, test_limit=8, surrogate=False,
-                          init="random")
-    out = tmp_path_factory.mktemp("library_replace") / "run"
-    run_search_recipe(recipe, out, source=store.load("tiny"))
-    return out
 
 
 def _build(run_dir: Path, lib_dir: Path, tiny_zoo, *extra: str):
@@ -75,26 +61,19 @@ NOT_LIBRARIES = {
 }
 
 
-@pytest.fixture(scope="module")
-def a_library(run_dir, tiny_zoo, tmp_path_factory) -> Path:
-    lib = tmp_path_factory.mktemp("library_replace_lib") / "lib"
-    assert _build(run_dir, lib, tiny_zoo, "--no-router").exit_code == 0
-    return lib
-
-
 @pytest.mark.parametrize("make", NOT_LIBRARIES.values(), ids=NOT_LIBRARIES.keys())
-def test_library_build_refuses_a_directory_that_is_not_a_library(run_dir, a_library, tiny_zoo, tmp_path, make):
+def test_library_build_refuses_a_directory_that_is_not_a_library(sound_run, sound_library, tiny_zoo, tmp_path, make):
     target = tmp_path / "target"
-    make(tiny_zoo.root, a_library, target)
+    make(tiny_zoo.root, sound_library, target)
     before = snapshot(target)
-    result = _build(run_dir, target, tiny_zoo, "--no-router")
+    result = _build(sound_run, target, tiny_zoo, "--no-router")
     assert result.exit_code == 2
     assert_refused(result, str(target), "not an expert library", "not replaced")
     assert snapshot(target) == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".target.")] == []
 
 
-def test_library_build_refuses_before_training_a_router(run_dir, tiny_zoo, tmp_path, monkeypatch):
+def test_library_build_refuses_before_training_a_router(sound_run, tiny_zoo, tmp_path, monkeypatch):
     import modmerge.reuse.router as router
 
     def no_training(*args, **kwargs):
@@ -103,19 +82,19 @@ def test_library_build_refuses_before_training_a_router(run_dir, tiny_zoo, tmp_p
     monkeypatch.setattr(router, "fit_router", no_training)
     target = tmp_path / "target"
     _zoo(tiny_zoo.root, tmp_path, target)
-    assert_refused(_build(run_dir, target, tiny_zoo), str(target), "not an expert library")
+    assert_refused(_build(sound_run, target, tiny_zoo), str(target), "not an expert library")
 
 
 @pytest.mark.parametrize("state", ["absent", "empty", "a-library"])
 def test_library_build_fills_an_absent_or_empty_directory_and_replaces_a_library(
-        run_dir, a_library, tiny_zoo, tmp_path, state):
+        sound_run, sound_library, tiny_zoo, tmp_path, state):
     target = tmp_path / "target"
     if state == "empty":
         target.mkdir()
     elif state == "a-library":
-        shutil.copytree(a_library, target)
+        shutil.copytree(sound_library, target)
         (target / "stale.txt").write_text("from the old library")
-    result = _build(run_dir, target, tiny_zoo, "--no-router")
+    result = _build(sound_run, target, tiny_zoo, "--no-router")
     assert result.exit_code == 0, result.output
     assert not (target / "stale.txt").exists()
     assert Library.open(target, verify=True).verify() == []
