@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from modmerge.atomic import remove_dead_staging, staging_dir
+from modmerge.atomic import atomic_file, output_error, remove_dead_staging, staging_dir, write_text
 from modmerge.checkpoints.resolve import SAFETENSORS_INDEX
 from modmerge.checkpoints.safetensors_io import StreamingSafetensorsWriter
 from modmerge.checkpoints.source import TensorInfo
@@ -101,7 +101,10 @@ def write_model_directory(
     ``extra_files`` (file name -> text, such as a provenance marker), all appearing together.
     An existing non-empty ``out_dir`` is an error unless ``overwrite``; it is then swapped out
     only once the new directory is complete. If consuming ``tensors`` raises, nothing changes on
-    disk and the exception propagates. ``progress(name, nbytes)`` is called per tensor.
+    disk and the exception propagates; an :class:`OSError` (a full disk, a read-only mount) does
+    so as one :class:`~modmerge.errors.OutputError` line naming the file as it would have been
+    called (``OUT_DIR/model.safetensors``, not its staging name). ``progress(name, nbytes)`` is
+    called per tensor.
 
     Example::
 
@@ -122,12 +125,15 @@ def write_model_directory(
     try:
         _write_weights(out_dir, tmp, tensors, specs, metadata or {}, max_shard_bytes, progress)
         if config is not None:
-            (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            write_text(tmp / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
         if copy_files_from is not None:
             copy_support_files(Path(copy_files_from), tmp)
         for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text)
+            write_text(tmp / name, text)
         move_into_place(tmp, out_dir)
+    except OSError as err:  # a full disk, a read-only mount: one line naming the file
+        _remove_tree(tmp)
+        raise output_error(err, out_dir) from err
     except BaseException:
         _remove_tree(tmp)
         raise
@@ -174,7 +180,7 @@ def _write_weights(
             "metadata": {**metadata, "total_size": sum(info.nbytes for info in specs.values())},
             "weight_map": {key: names[i] for i, shard in enumerate(shards) for key in shard},
         }
-        (tmp / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
+        write_text(tmp / SAFETENSORS_INDEX, json.dumps(index, indent=2) + "\n")
 
 
 def copy_support_files(src: Path, dst: Path, patterns: Sequence[str] = COPY_PATTERNS) -> list[str]:
@@ -205,7 +211,7 @@ def copy_support_files(src: Path, dst: Path, patterns: Sequence[str] = COPY_PATT
             logger.warning("%s: not copied: a symlink to %s, outside %s", item, real, src)
             continue
         try:
-            with open_regular(real) as fin, (dst / item.name).open("wb") as fout:
+            with open_regular(real) as fin, atomic_file(dst / item.name) as tmp, tmp.open("wb") as fout:
                 shutil.copyfileobj(fin, fout)
         except (UnsafeFileError, FileNotFoundError) as err:
             logger.warning("%s: not copied: %s", item, err.strerror if isinstance(err, FileNotFoundError) else err)

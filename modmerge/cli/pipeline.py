@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from modmerge.atomic import write_json
 from modmerge.cli.common import CACHE_OPTION, err_console, friendly, main, task_progress
 from modmerge.errors import ModmergeError
 
@@ -83,7 +84,7 @@ def merge(
             body_only=body_only,
         )
     if stats_json is not None:
-        stats_json.write_text(json.dumps(result.to_json(), indent=2))
+        write_json(stats_json, result.to_json())
     methods = ", ".join(f"{name} x{count}" for name, count in sorted(result.methods.items()))
     if result.task_models:
         methods += f"; one model per task: {', '.join(result.task_models)}"

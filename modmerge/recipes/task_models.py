@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from modmerge.atomic import output_error, remove_dead_staging, staging_dir, write_text
 from modmerge.checkpoints import Checkpoint, TensorInfo, open_checkpoint, write_model_directory
 from modmerge.checkpoints.task_model import (
     HEAD_MODULES,
@@ -99,8 +100,6 @@ def write_task_models(
         raise CheckpointError(f"{out_dir}: exists and is not a directory")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise CheckpointError(f"{out_dir}: directory exists and is not empty (use overwrite)")
-    from modmerge.atomic import remove_dead_staging, staging_dir
-
     remove_dead_staging(out_dir)
     staging = staging_dir(out_dir)
     try:
@@ -122,8 +121,11 @@ def write_task_models(
             _remove(staging / ".merged-body")
             written = [out_dir / p.name for p in written]
             for name, text in (extra_files or {}).items():
-                (staging / name).write_text(text)
+                write_text(staging / name, text)
         move_into_place(staging, out_dir)
+    except OSError as err:  # a full disk, a read-only mount: one line naming the file
+        _remove(staging)
+        raise output_error(err, out_dir) from err
     except BaseException:
         _remove(staging)
         raise
