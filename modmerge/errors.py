@@ -28,6 +28,19 @@ class MergeMethodError(ModmergeError):
     """A merge method is unknown or was called with bad parameters or inputs."""
 
 
+class OutputError(ModmergeError, OSError):
+    """A file or folder cannot be written: a full disk, a read-only mount, a file where a folder
+    should be. Still an :class:`OSError` with the cause's ``errno``, so code that tolerates a
+    failed write (an optional cache) keeps doing so; ``str()`` is the one line alone."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = code
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 def validation_line(err: object) -> str:
     """A pydantic ``ValidationError`` as one line: ``field.path: message`` per error, joined by ``; ``.
 

@@ -12,6 +12,7 @@ T+1 checkpoints bounded by memory bandwidth rather than by allocation.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import mmap
@@ -24,6 +25,7 @@ from types import TracebackType
 
 import torch
 
+from modmerge.atomic import output_error
 from modmerge.checkpoints.source import TensorInfo
 from modmerge.errors import CheckpointError
 
@@ -295,11 +297,18 @@ class StreamingSafetensorsWriter:
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)
         self._data_start = 8 + len(raw)
-        self._file = self.path.open("wb")
-        self._file.write(struct.pack("<Q", len(raw)) + raw)
-        total = sum(end - begin for begin, end in self._offsets.values())
-        # Size the file now so bytes written out of order never leave it short.
-        self._file.truncate(self._data_start + total)
+        try:
+            self._file = self.path.open("wb")
+        except OSError as err:
+            raise output_error(err, self.path) from err
+        try:
+            self._file.write(struct.pack("<Q", len(raw)) + raw)
+            total = sum(end - begin for begin, end in self._offsets.values())
+            # Size the file now so bytes written out of order never leave it short.
+            self._file.truncate(self._data_start + total)
+        except OSError as err:
+            self.abort()
+            raise output_error(err, self.path) from err
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         """Write one tensor's bytes; it must match its spec's shape and dtype exactly."""
@@ -316,15 +325,21 @@ class StreamingSafetensorsWriter:
         begin, _ = self._offsets[name]
         if info.numel:
             flat = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
-            self._file.seek(self._data_start + begin)
-            self._file.write(memoryview(flat.numpy()))
+            try:
+                self._file.seek(self._data_start + begin)
+                self._file.write(memoryview(flat.numpy()))
+            except OSError as err:  # a write names no file: this one is named
+                raise output_error(err, self.path) from err
         self._written.add(name)
 
     def close(self) -> None:
         """Finish the file; raises CheckpointError if a declared tensor was never written."""
         if self._file.closed:
             return
-        self._file.close()
+        try:
+            self._file.close()  # flushes: a full disk may show only now
+        except OSError as err:
+            raise output_error(err, self.path) from err
         missing = [name for name in self.specs if name not in self._written]
         if missing:
             shown = ", ".join(repr(m) for m in missing[:3])
@@ -333,7 +348,10 @@ class StreamingSafetensorsWriter:
 
     def abort(self) -> None:
         """Close and delete the partial file."""
-        self._file.close()
+        # The write already failed, and on a full disk the flush in close() fails again: the
+        # first error is the one raised, and the file is deleted either way.
+        with contextlib.suppress(OSError):
+            self._file.close()
         self.path.unlink(missing_ok=True)
 
     def __enter__(self) -> StreamingSafetensorsWriter:

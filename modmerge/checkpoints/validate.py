@@ -85,11 +85,19 @@ def check_finite(tensor: torch.Tensor, *, label: str, key: str) -> None:
     """
     if is_finite(tensor):
         return
+    n_nan, n_inf = count_nonfinite(tensor)
+    raise CheckpointError(f"{label}: tensor '{key}' has NaN/Inf values ({n_nan} NaN, {n_inf} Inf)")
+
+
+def count_nonfinite(tensor: torch.Tensor) -> tuple[int, int]:
+    """How many entries of a floating ``tensor`` are NaN, and how many are +-Inf.
+
+    >>> count_nonfinite(torch.tensor([float("nan"), float("-inf"), 1.0]))
+    (1, 1)
+    """
     if tensor.dtype.itemsize == 1:
         tensor = tensor.to(torch.float16)
-    n_nan = int(torch.isnan(tensor).sum())
-    n_inf = int(torch.isinf(tensor).sum())
-    raise CheckpointError(f"{label}: tensor '{key}' has NaN/Inf values ({n_nan} NaN, {n_inf} Inf)")
+    return int(torch.isnan(tensor).sum()), int(torch.isinf(tensor).sum())
 
 
 def _config_label(model: Checkpoint) -> str:

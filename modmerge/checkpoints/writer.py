@@ -12,17 +12,18 @@ import logging
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from modmerge.atomic import remove_dead_staging, staging_dir
+from modmerge.atomic import atomic_file, output_error, remove_dead_staging, staging_dir, write_text
 from modmerge.checkpoints.resolve import SAFETENSORS_INDEX
 from modmerge.checkpoints.safetensors_io import StreamingSafetensorsWriter
 from modmerge.checkpoints.source import TensorInfo
 from modmerge.errors import CheckpointError
+from modmerge.regular_files import UnsafeFileError, open_regular
 
 logger = logging.getLogger(__name__)
 
@@ -91,14 +92,19 @@ def write_model_directory(
     max_shard_bytes: int = 4 * 2**30,
     overwrite: bool = False,
     progress: Callable[[str, int], None] | None = None,
+    extra_files: Mapping[str, str] | None = None,
 ) -> Path:
     """Stream ``tensors`` (matching ``specs``, in any order) into a new HF model directory.
 
     Writes ``model.safetensors`` (or shards plus ``model.safetensors.index.json``), ``config.json``
-    when ``config`` is given, and the tokenizer/processor/generation files of ``copy_files_from``.
+    when ``config`` is given, the tokenizer/processor/generation files of ``copy_files_from``, and
+    ``extra_files`` (file name -> text, such as a provenance marker), all appearing together.
     An existing non-empty ``out_dir`` is an error unless ``overwrite``; it is then swapped out
     only once the new directory is complete. If consuming ``tensors`` raises, nothing changes on
-    disk and the exception propagates. ``progress(name, nbytes)`` is called per tensor.
+    disk and the exception propagates; an :class:`OSError` (a full disk, a read-only mount) does
+    so as one :class:`~modmerge.errors.OutputError` line naming the file as it would have been
+    called (``OUT_DIR/model.safetensors``, not its staging name). ``progress(name, nbytes)`` is
+    called per tensor.
 
     Example::
 
@@ -119,10 +125,15 @@ def write_model_directory(
     try:
         _write_weights(out_dir, tmp, tensors, specs, metadata or {}, max_shard_bytes, progress)
         if config is not None:
-            (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            write_text(tmp / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
         if copy_files_from is not None:
-            _copy_support_files(Path(copy_files_from), tmp)
+            copy_support_files(Path(copy_files_from), tmp)
+        for name, text in (extra_files or {}).items():
+            write_text(tmp / name, text)
         move_into_place(tmp, out_dir)
+    except OSError as err:  # a full disk, a read-only mount: one line naming the file
+        _remove_tree(tmp)
+        raise output_error(err, out_dir) from err
     except BaseException:
         _remove_tree(tmp)
         raise
@@ -169,21 +180,54 @@ def _write_weights(
             "metadata": {**metadata, "total_size": sum(info.nbytes for info in specs.values())},
             "weight_map": {key: names[i] for i, shard in enumerate(shards) for key in shard},
         }
-        (tmp / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
+        write_text(tmp / SAFETENSORS_INDEX, json.dumps(index, indent=2) + "\n")
 
 
-def _copy_support_files(src: Path, dst: Path) -> None:
+def copy_support_files(src: Path, dst: Path, patterns: Sequence[str] = COPY_PATTERNS) -> list[str]:
+    """Copy the files of model directory ``src`` whose names match ``patterns`` (no weights) into
+    ``dst``, as regular files; return the names copied.
+
+    Only files that really live in ``src`` are copied: a symlink is followed when it resolves to
+    a regular file inside ``src`` (the file is the model's own either way), and skipped, with a
+    warning, when it resolves anywhere else, so no link can pull an outside file's contents into
+    the output. In a Hugging Face cache snapshot (``models--ORG--NAME/snapshots/REV``), whose
+    files are links into the repository's ``blobs/``, links into that ``blobs/`` are followed too.
+    FIFOs, devices and dangling links are skipped with a warning.
+
+    >>> copy_support_files(Path("models/bert-sst2"), Path("out"))  # doctest: +SKIP
+    ['special_tokens_map.json', 'tokenizer.json', 'tokenizer_config.json', 'vocab.txt']
+    """
     if not src.is_dir():
         raise CheckpointError(f"{src}: copy_files_from is not a directory")
+    roots = _roots(src)
+    copied = []
     for item in sorted(src.iterdir()):
-        if (
-            not item.is_file()
-            or item.suffix in _WEIGHT_SUFFIXES
-            or item.name.endswith(".index.json")
-        ):
+        if item.suffix in _WEIGHT_SUFFIXES or item.name.endswith(".index.json") or item.is_dir():
             continue
-        if any(fnmatch.fnmatch(item.name, pattern) for pattern in COPY_PATTERNS):
-            shutil.copy2(item, dst / item.name)
+        if not any(fnmatch.fnmatch(item.name, pattern) for pattern in patterns):
+            continue
+        real = os.path.realpath(item)
+        if not any(Path(real).is_relative_to(root) for root in roots):
+            logger.warning("%s: not copied: a symlink to %s, outside %s", item, real, src)
+            continue
+        try:
+            with open_regular(real) as fin, atomic_file(dst / item.name) as tmp, tmp.open("wb") as fout:
+                shutil.copyfileobj(fin, fout)
+        except (UnsafeFileError, FileNotFoundError) as err:
+            logger.warning("%s: not copied: %s", item, err.strerror if isinstance(err, FileNotFoundError) else err)
+            continue
+        copied.append(item.name)
+    return copied
+
+
+def _roots(src: Path) -> list[Path]:
+    """Where the files of ``src`` may really live: ``src``, and for a Hugging Face cache snapshot
+    its repository's ``blobs/`` (both with symlinks resolved)."""
+    real = Path(os.path.realpath(src))
+    roots = [real]
+    if real.parent.name == "snapshots" and real.parent.parent.name.startswith("models--"):
+        roots.append(Path(os.path.realpath(real.parent.parent / "blobs")))
+    return roots
 
 
 def move_into_place(tmp: Path, out_dir: Path) -> None:

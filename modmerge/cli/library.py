@@ -48,11 +48,15 @@ def library_build(run_dir: Path, lib_dir: Path, cache: Path | None, no_router: b
     train split) and stores it, with the pretrained body it reads features from, so the library
     routes inputs without the source. The run's task source (its suite file, or its zoo in the
     cache) is reopened from RUN_DIR/pareto.json.
+
+    LIB_DIR may be absent, an empty directory, or an expert library, which is replaced once the
+    new one is complete; any other directory (a zoo, a model, your files) is refused, untouched.
     """
     from modmerge.cli.sources import reopen_source
     from modmerge.library import build_library
-    from modmerge.library.build import run_source
+    from modmerge.library.build import check_library_target, run_source
 
+    check_library_target(lib_dir)  # before the router's training, not after
     zoo = reopen_source(run_source(run_dir), cache)
     router = None
     if not no_router:

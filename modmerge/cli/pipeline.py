@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from modmerge.atomic import write_json
 from modmerge.cli.common import CACHE_OPTION, err_console, friendly, main, task_progress
 from modmerge.errors import ModmergeError
 
@@ -33,7 +34,11 @@ def _methods_epilog() -> str:
 @click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--allow-pickle", is_flag=True, help="Allow .bin/.pt pickle checkpoints (loaded with weights_only=True).")
-@click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it exists (atomically).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace OUT_DIR if an earlier `modmerge merge` wrote it (its modmerge.json says so); the new "
+                   "model is swapped in only when complete. Any other directory is refused.")
+@click.option("--force", is_flag=True, help="Replace OUT_DIR whatever it holds, even if no merge wrote it "
+                                            "(implies --overwrite).")
 @click.option("--device", default="cpu", show_default=True, help="Where merge arithmetic runs: cpu, cuda, cuda:1, mps.")
 @click.option("--dry-run", is_flag=True, help="Validate the recipe and checkpoints, print the plan, write nothing.")
 @click.option("--stats-json", type=click.Path(dir_okay=False, path_type=Path), help="Also write timing and byte counts as JSON.")
@@ -42,15 +47,18 @@ def _methods_epilog() -> str:
                    "instead of one model per task.")
 @friendly
 def merge(
-    recipe: Path, out_dir: Path, allow_pickle: bool, overwrite: bool, device: str, dry_run: bool, stats_json: Path | None,
-    body_only: bool,
+    recipe: Path, out_dir: Path, allow_pickle: bool, overwrite: bool, force: bool, device: str, dry_run: bool,
+    stats_json: Path | None, body_only: bool,
 ) -> None:
     """Merge the models of RECIPE (YAML) into a Hugging Face model directory OUT_DIR.
 
     Task models saved with their heads (AutoModelFor...Classification directories) over a bare
     pretrained base are merged body only, the classifier and the pooler staying each task's own:
     OUT_DIR then holds one loadable model per task, OUT_DIR/<model folder name>/ (the merged body
-    with that task's head, in its own format), or with --body-only the merged body alone."""
+    with that task's head, in its own format), or with --body-only the merged body alone.
+
+    OUT_DIR also gets modmerge.json, which marks it as a merge's output: only such a directory is
+    replaced by --overwrite; --force replaces any directory."""
     from modmerge.recipes import load_recipe, run_recipe
     from modmerge.recipes.inspect import describe_plan
 
@@ -69,13 +77,14 @@ def merge(
             out_dir,
             allow_pickle=allow_pickle,
             overwrite=overwrite,
+            force=force,
             device=device,
             progress=advance,
             on_total=lambda n: bar.update(task, total=n),
             body_only=body_only,
         )
     if stats_json is not None:
-        stats_json.write_text(json.dumps(result.to_json(), indent=2))
+        write_json(stats_json, result.to_json())
     methods = ", ".join(f"{name} x{count}" for name, count in sorted(result.methods.items()))
     if result.task_models:
         methods += f"; one model per task: {', '.join(result.task_models)}"

@@ -15,7 +15,6 @@ never a half-written one.
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import shutil
 from collections.abc import Callable, Mapping
@@ -26,7 +25,7 @@ import torch
 from pydantic import ValidationError
 
 from modmerge.atomic import remove_dead_staging, staging_dir, write_text
-from modmerge.checkpoints.writer import COPY_PATTERNS, move_into_place
+from modmerge.checkpoints.writer import COPY_PATTERNS, copy_support_files, move_into_place
 from modmerge.errors import ModmergeError, validation_line
 from modmerge.experts.grouping import GroupingMatrix
 from modmerge.experts.modules import Module, ModuleKey
@@ -67,6 +66,8 @@ def build_library(
     progress: Progress | None = None,
 ) -> Library:
     """Build (or atomically replace) the expert library ``lib_dir`` from the search run ``run_dir``.
+    Only an absent or empty ``lib_dir``, or an expert library, may be the target
+    (:func:`check_library_target`).
 
     ``router`` is ``(Router.to_state(), RouterConfig.to_dict())``, optionally with a
     ``test_accuracy`` entry in the dict: it goes to ``manifest.router.test_accuracy``, not into the
@@ -80,6 +81,7 @@ def build_library(
     'c1'
     """
     run_dir, lib_dir = Path(run_dir), Path(lib_dir)
+    check_library_target(lib_dir)
     payload = _read_pareto(run_dir / "pareto.json")
     remove_dead_staging(lib_dir)
     staging = staging_dir(lib_dir)
@@ -298,12 +300,11 @@ def _store_router(blobs: Path, router: RouterWeights, source: TaskSource) -> Rou
 
 
 def _copy_backbone(source: TaskSource, out: Path) -> None:
-    """The backbone's config and tokenizer/processor files, no weights: enough to build an empty body."""
+    """The backbone's config and tokenizer/processor files, no weights: enough to build an empty body.
+    Only files that really live in the backbone's directory (no symlink out of it) are copied."""
     src = source.backbone_dir
     out.mkdir()
-    for f in sorted(src.iterdir()):
-        if f.is_file() and any(fnmatch.fnmatch(f.name, p) for p in _BACKBONE_FILES) and f.suffix != ".safetensors":
-            shutil.copy2(f, out / f.name)
+    copy_support_files(src, out, _BACKBONE_FILES)
     if not (out / "config.json").exists():
         raise LibraryError(f"{src}: backbone has no config.json")
 
@@ -312,11 +313,33 @@ def _write_manifest(staging: Path, manifest: LibraryManifest) -> None:
     write_text(staging / "manifest.json", manifest.model_dump_json(indent=2))
 
 
+def check_library_target(lib_dir: str | Path) -> None:
+    """Raise :class:`LibraryError` unless a build may put a library at ``lib_dir``: it is absent,
+    an empty directory, or an expert library (its ``manifest.json`` a regular file that opens as
+    a library manifest). Anything else (a zoo, a model, a user's files) is never replaced, even
+    when it holds a file named ``manifest.json``.
+
+    >>> check_library_target("zoos/tiny")  # doctest: +SKIP
+    Traceback (most recent call last):
+    ...
+    modmerge.library.manifest.LibraryError: zoos/tiny: not replaced: it is not empty and not an expert library (...)
+    """
+    lib_dir = Path(lib_dir)
+    if not lib_dir.exists() and not lib_dir.is_symlink():
+        return
+    if not lib_dir.is_dir():
+        raise LibraryError(f"{lib_dir}: not replaced: it exists and is not a directory")
+    if not any(lib_dir.iterdir()):
+        return
+    try:
+        Library.open(lib_dir)
+    except LibraryError as err:
+        raise LibraryError(f"{lib_dir}: not replaced: it is not empty and not an expert library ({err}); "
+                           "remove it or build elsewhere") from None
+
+
 def _swap_in(staging: Path, lib_dir: Path) -> None:
-    """Rename the finished library into place; an old one is renamed aside first, then removed."""
-    if lib_dir.exists() and not lib_dir.is_dir():
-        raise LibraryError(f"{lib_dir}: exists and is not a directory")
-    if lib_dir.is_dir() and any(lib_dir.iterdir()) and not (lib_dir / "manifest.json").exists():
-        # Never delete a directory that is not one of ours.
-        raise LibraryError(f"{lib_dir}: exists, is not empty and is not an expert library (no manifest.json)")
+    """Rename the finished library into place; an old one is renamed aside first, then removed.
+    ``lib_dir`` is checked again (it was before the build): it may have changed meanwhile."""
+    check_library_target(lib_dir)
     move_into_place(staging, lib_dir)

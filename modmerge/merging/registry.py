@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import inspect
 import keyword
+import math
 import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -80,7 +81,16 @@ class ParamSpec:
     search: tuple[float, float] | None = None
 
     def coerce(self, value: Any, method: str) -> Any:
-        """Return ``value`` converted to this parameter's type, or raise naming the field."""
+        """Return ``value`` converted to this parameter's type, or raise naming the field.
+
+        Numbers must be finite (NaN and Inf are refused whatever the range) and within
+        ``low``/``high``.
+
+        >>> ParamSpec("scaling", float, 1.0, low=0.0, high=4.0).coerce(float("nan"), "ties")
+        Traceback (most recent call last):
+        ...
+        modmerge.errors.MergeMethodError: method 'ties' parameter 'scaling' must be a finite number, got nan
+        """
         where = f"method '{method}' parameter '{self.name}'"
         if self.type is bool:
             if not isinstance(value, bool):
@@ -94,6 +104,9 @@ class ParamSpec:
             return value
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise MergeMethodError(f"{where} must be a number, got {value!r}")
+        # before the range check: every comparison with NaN is false, so NaN would pass it
+        if not math.isfinite(value):
+            raise MergeMethodError(f"{where} must be a finite number, got {value}")
         if self.type is int and float(value) != int(value):
             raise MergeMethodError(f"{where} must be an integer, got {value!r}")
         value = self.type(value)

@@ -30,13 +30,14 @@ from modmerge.checkpoints import (
     validate_checkpoints,
     write_model_directory,
 )
-from modmerge.checkpoints.validate import is_finite
+from modmerge.checkpoints.validate import count_nonfinite, is_finite
 from modmerge.components import ComponentMap, decompose, detect_architecture, load_architecture
 from modmerge.components.decompose import Rule as ComponentRule
 from modmerge.errors import CheckpointError, RecipeError
 from modmerge.merging.linear import linear_coefficients
 from modmerge.merging.sparsify import kept_count, kth_largest
 from modmerge.merging.statistics import load_statistics, statistics_norm
+from modmerge.recipes.output_dir import MARKER, check_output_dir, marker_text
 from modmerge.recipes.plan import MethodCall, plan_tensors
 from modmerge.recipes.prefetch import prefetch
 from modmerge.recipes.schema import MergeRecipe
@@ -101,7 +102,8 @@ def merged_tensors(
     thresholds: Mapping[MethodCall, Sequence[float]] | None = None,
     statistics_norms: Sequence[float] | None = None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(name, merged tensor)`` in the base's key order; values are checked for NaN/Inf.
+    """Yield ``(name, merged tensor)`` in the base's key order; the inputs and every merged tensor
+    are checked for NaN/Inf (a :class:`CheckpointError` naming the tensor, and the file or the method).
 
     Methods that take ``stats_norms`` (Fisher normalised over the model) get ``statistics_norms``,
     one per model, or by default each model's statistics norm over every tensor of ``base``.
@@ -157,12 +159,16 @@ def merged_tensors(
             else:
                 merged = method(b, ts, **kwargs).to("cpu")
         out = merged.to(out_dtype or base.info(key).dtype).contiguous()
-        # scanned after the cast: fewer bytes for half-precision outputs, and a cast that
-        # overflows is caught too
-        if deferred and not is_finite(out):
-            for checkpoint, tensor in zip((base, *models), (b, *ts), strict=True):
-                check_finite(tensor, label=checkpoint.label, key=key)
-            raise CheckpointError(f"tensor '{key}': the merged values overflow {out.dtype} (inputs are finite)")
+        # Every method's output is scanned, after the cast: fewer bytes for half-precision
+        # outputs, and a cast that overflows is caught too. Finite inputs can still give NaN/Inf
+        # (an overflow, a division by a vanishing norm); a deferred scan names a bad input first.
+        if not is_finite(out):
+            if deferred:
+                for checkpoint, tensor in zip((base, *models), (b, *ts), strict=True):
+                    check_finite(tensor, label=checkpoint.label, key=key)
+            n_nan, n_inf = count_nonfinite(out)
+            raise CheckpointError(f"tensor '{key}': the merged values of method '{call.method}' are not finite "
+                                  f"({n_nan} NaN, {n_inf} Inf in {out.dtype}; the inputs are finite)")
         del b, ts, merged
         yield key, out
         for checkpoint in (base, *models):
@@ -248,6 +254,7 @@ def run_recipe(
     progress: ProgressFn | None = None,
     on_total: Callable[[int], None] | None = None,
     body_only: bool = False,
+    force: bool = False,
 ) -> MergeResult:
     """Merge the recipe's models into a Hugging Face model directory at ``out_dir``.
 
@@ -256,11 +263,16 @@ def run_recipe(
     task's own pooler and classifier), or with ``body_only`` the merged body alone
     (:mod:`modmerge.recipes.task_models`).
 
-    Everything that can be checked before writing is checked first (recipe, checkpoints,
-    components, statistics); the output appears atomically only when complete.
+    Everything that can be checked before writing is checked first (output directory, recipe,
+    checkpoints, components, statistics); the output appears atomically only when complete, with
+    the ``modmerge.json`` marker that lets a later ``overwrite`` replace it. ``force`` replaces any
+    directory (:func:`~modmerge.recipes.output_dir.check_output_dir`).
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
+    check_output_dir(out_dir, overwrite=overwrite, force=force)
+    overwrite = overwrite or force
+    extra_files = {MARKER: marker_text()}
     result = MergeResult(out_dir=out_dir)
     with ExitStack() as stack:
         base = stack.enter_context(open_checkpoint(recipe.base_model, allow_pickle=allow_pickle))
@@ -307,7 +319,8 @@ def run_recipe(
         if tasks is not None:
             write_task_models(out_dir, stream, specs, tasks, full_base, body_only=body_only, overwrite=overwrite,
                               metadata=metadata, max_shard_bytes=recipe.max_shard_size,
-                              base_config=_output_config(full_base, [], recipe.dtype), progress=progress)
+                              base_config=_output_config(full_base, [], recipe.dtype), progress=progress,
+                              extra_files=extra_files)
             result.tensors = len(specs)
             result.bytes_written = sum(s.nbytes for s in specs.values())
             result.seconds = time.perf_counter() - started
@@ -324,6 +337,7 @@ def run_recipe(
             max_shard_bytes=recipe.max_shard_size,
             overwrite=overwrite,
             progress=progress,
+            extra_files=extra_files,
         )
     result.tensors = len(specs)
     result.bytes_written = sum(s.nbytes for s in specs.values())

@@ -23,6 +23,7 @@ names the file and the field. Method parameters are checked against the merge re
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,6 +50,12 @@ class ModelEntry(_Strict):
     statistics: str | None = Field(
         default=None, description="precomputed statistics file (Fisher / RegMean Gram) for data-dependent methods"
     )
+
+    @model_validator(mode="after")
+    def _finite_weight(self) -> ModelEntry:
+        if not math.isfinite(self.weight):
+            raise ValueError(f"weight of model '{self.model}' must be a finite number, got {self.weight}")
+        return self
 
 
 class Rule(_Strict):

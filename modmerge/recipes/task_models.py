@@ -17,12 +17,13 @@ base's class).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from modmerge.atomic import output_error, remove_dead_staging, staging_dir, write_text
 from modmerge.checkpoints import Checkpoint, TensorInfo, open_checkpoint, write_model_directory
 from modmerge.checkpoints.task_model import (
     HEAD_MODULES,
@@ -90,15 +91,15 @@ def write_task_models(
     out_dir: Path, merged: Iterable[tuple[str, torch.Tensor]], specs: dict[str, TensorInfo], tasks: TaskModels,
     base: Checkpoint, *, body_only: bool, overwrite: bool, metadata: dict[str, str], max_shard_bytes: int,
     base_config: dict | None, progress: Callable[[str, int], None] | None = None,
+    extra_files: Mapping[str, str] | None = None,
 ) -> list[Path]:
     """Write the merged body (``merged``, the base's names) as per-task models or the body alone,
-    all into a staging folder first, so ``out_dir`` appears complete or not at all."""
+    all into a staging folder first, so ``out_dir`` appears complete or not at all; ``extra_files``
+    (name -> text) go to ``out_dir`` itself."""
     if out_dir.exists() and not out_dir.is_dir():
         raise CheckpointError(f"{out_dir}: exists and is not a directory")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise CheckpointError(f"{out_dir}: directory exists and is not empty (use overwrite)")
-    from modmerge.atomic import remove_dead_staging, staging_dir
-
     remove_dead_staging(out_dir)
     staging = staging_dir(out_dir)
     try:
@@ -107,7 +108,7 @@ def write_task_models(
             all_specs = {**specs, **{k: TensorInfo(tuple(v.shape), v.dtype) for k, v in kept.items()}}
             write_model_directory(staging / "body", _chain(merged, kept.items()), all_specs, config=base_config,
                                   copy_files_from=base.directory, metadata=metadata, max_shard_bytes=max_shard_bytes,
-                                  progress=progress)
+                                  progress=progress, extra_files=extra_files)
             _flatten(staging / "body", staging)
             written = [out_dir]
         else:
@@ -119,7 +120,12 @@ def write_task_models(
                     written.append(_write_one(staging / name, body, part, tasks, metadata, max_shard_bytes))
             _remove(staging / ".merged-body")
             written = [out_dir / p.name for p in written]
+            for name, text in (extra_files or {}).items():
+                write_text(staging / name, text)
         move_into_place(staging, out_dir)
+    except OSError as err:  # a full disk, a read-only mount: one line naming the file
+        _remove(staging)
+        raise output_error(err, out_dir) from err
     except BaseException:
         _remove(staging)
         raise

@@ -16,24 +16,10 @@ from pathlib import Path
 import pytest
 from battery_support import assert_refused, invoke
 
-from modmerge.library import Library, build_library
+from modmerge.library import Library
 from modmerge.library.blobs import blob_path
-from modmerge.search.driver import run_search_recipe
-from modmerge.search.recipe import SearchRecipe
-from modmerge.zoo.store import ZooStore
 
 TASK = "has_color"
-
-
-@pytest.fixture(scope="module")
-def sound_library(tiny_zoo, tmp_path_factory) -> Path:
-    """A small library (no router) of a tiny search, shared by the cases, which damage copies."""
-    store = ZooStore(tiny_zoo.root.parent.parent)
-    root = tmp_path_factory.mktemp("blob_integrity")
-    recipe = SearchRecipe(zoo="tiny", budget=4, population=2, validation_limit=16, test_limit=8, surrogate=False,
-                          init="random")
-    run_search_recipe(recipe, root / "run", source=store.load("tiny"))
-    return build_library(root / "run", root / "lib", source=store.load("tiny")).root
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -147,7 +148,8 @@ def test_finite_inputs_whose_merge_overflows_are_refused(bert_zoo, tmp_path):
     big = [tmp_path / "big0", tmp_path / "big1"]
     key = _with_bad_value(tasks[0], big[0], 3e38)
     _with_bad_value(tasks[1], big[1], 3e38)
-    with pytest.raises(CheckpointError, match=f"tensor '{key}': the merged values overflow torch.float32"):
+    expected = f"tensor '{key}': the merged values of method 'task_arithmetic' are not finite (0 NaN, 1 Inf in torch.float32"
+    with pytest.raises(CheckpointError, match=re.escape(expected)):
         run_recipe(recipe_for(base, big, method="task_arithmetic", parameters={"scaling": 1.0}), tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -168,8 +170,13 @@ def test_existing_output_is_kept_unless_overwrite(bert_zoo, tmp_path):
     with pytest.raises(Exception, match="out"):
         run_recipe(recipe_for(base, tasks, method="weight_averaging"), out)
     assert (out / "keep.txt").read_text() == "mine"
-    run_recipe(recipe_for(base, tasks, method="weight_averaging"), out, overwrite=True)
+    # no merge wrote it: overwrite alone refuses, force replaces it
+    with pytest.raises(CheckpointError, match="no modmerge merge wrote it"):
+        run_recipe(recipe_for(base, tasks, method="weight_averaging"), out, overwrite=True)
+    assert (out / "keep.txt").read_text() == "mine"
+    run_recipe(recipe_for(base, tasks, method="weight_averaging"), out, force=True)
     assert not (out / "keep.txt").exists() and (out / "config.json").exists()
+    run_recipe(recipe_for(base, tasks, method="task_arithmetic"), out, overwrite=True)  # an earlier merge
 
 
 def test_lora_adapter_as_a_model(bert_zoo, tmp_path):

@@ -67,4 +67,4 @@ def test_other_methods_keep_heads_per_task_too(own_suite, tmp_path, method):
     recipe = _recipe(own_suite, tmp_path, method=method, parameters={})
     result = CliRunner().invoke(main, ["merge", str(recipe), str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["count_color", "has_animal"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["count_color", "has_animal", "modmerge.json"]
