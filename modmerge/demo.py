@@ -106,7 +106,8 @@ def main() -> int:
     recipe = root / "ties-tiny.yaml"
     # the bundled recipe names the default demo directory; point it at the one in use
     recipe.write_text(EXAMPLE_RECIPE.read_text().replace("~/.cache/modmerge/demo", str(root)))
-    if _run(runner, cli, ["merge", str(recipe), str(root / "merged"), "--overwrite"]):
+    # the demo's own folder: --force also replaces a merge written before outputs were marked
+    if _run(runner, cli, ["merge", str(recipe), str(root / "merged"), "--force"]):
         return 1
 
     search_recipe = root / "search-vision.yaml"
@@ -115,7 +116,7 @@ def main() -> int:
         ["zoo", "build", "vision"],
         ["baselines", "vision", "--out", str(root / "baselines"), "--val-limit", "100", "--test-limit", "500",
          "--points", "2"],
-        ["search", str(search_recipe), "--out", str(root / "search")],
+        ["search", str(search_recipe), "--out", str(root / "search"), "--overwrite"],  # a rerun starts afresh
         # router features from the pretrained body's first 2 layers: same routing accuracy here, far cheaper
         ["library", "build", str(root / "search"), str(root / "library"), "--router-per-task", "500",
          "--router-test-limit", "500", "--router-feature-layers", "2"],
