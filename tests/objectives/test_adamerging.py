@@ -1,15 +1,19 @@
 """AdaMerging (Yang et al., ICLR 2024): the entropy loss and its gradient in the coefficients against
 hand-written formulas, task arithmetic at fixed coefficients, a few steps lowering the entropy on
-the tiny zoo, regression tasks."""
+the tiny zoo, regression tasks, and the baselines rows (with EMR-Merging) through the CLI."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
+from click.testing import CliRunner
 
+from modmerge.cli import main
 from modmerge.errors import ModmergeError
+from modmerge.merging.emr import emr_merge
 from modmerge.objectives.adamerging import (
     AdaMerging,
     AdaMergingSettings,
@@ -17,7 +21,9 @@ from modmerge.objectives.adamerging import (
     coefficient_units,
     softmax_entropy,
 )
-from modmerge.objectives.baselines import body_keys, merge_bodies
+from modmerge.objectives.baseline_rows import row
+from modmerge.objectives.baselines import body_keys, merge_bodies, run_baselines
+from modmerge.objectives.storage import emr_storage_cost
 from modmerge.recipes.plan import MethodCall
 from modmerge.tasks.batching import select
 from modmerge.tasks.models import checkpoint_key_map
@@ -156,6 +162,9 @@ def test_regression_tasks_are_left_out_of_the_loss_and_a_source_of_only_them_is_
     only = _Relabelled(tiny_zoo, tiny_zoo.tasks)
     with pytest.raises(ModmergeError, match=r"every task .* regression"):
         adapt(TaskPool(only, split="validation", limit=16), pre, tuned, {"model": keys}, AdaMergingSettings(steps=1))
+    rows = [row("AdaMerging (task-wise)")]
+    assert run_baselines(only, baselines=rows, val_limit=4, test_limit=4) == []
+    assert "AdaMerging (task-wise) skipped" in caplog.text
 
 
 def test_settings_are_validated():
@@ -163,3 +172,49 @@ def test_settings_are_validated():
         AdaMergingSettings(split="train")  # type: ignore[arg-type]
     with pytest.raises(ModmergeError, match="lr"):
         AdaMergingSettings(lr=0.0)
+
+
+def test_rows_on_the_test_split_adapt_on_test_inputs(tiny_zoo):
+    rows = [row("AdaMerging (task-wise)"), row("EMR-Merging")]
+    ada, emr = run_baselines(tiny_zoo, baselines=rows, val_limit=16, test_limit=32,
+                             adamerging=AdaMergingSettings(split="test", steps=2))
+    assert ada.parameters["split"] == "test" and "unlabeled test inputs" in ada.notes
+    assert ada.method == "adamerging" and ada.storage_cost == 1.0 and ada.adaptation_seconds > 0
+    # EMR's test metrics are each task's own masked model's, rebuilt here from the formula
+    pool = TaskPool(tiny_zoo, split="test", limit=32)
+    keys, pre = body_keys(tiny_zoo), pool.pretrained_state()
+    tvs = [{k: pool.own_state(t)[k] - pre[k] for k in keys} for t in tiny_zoo.tasks]
+    merged = emr_merge(tvs)
+    for i, task in enumerate(tiny_zoo.tasks):
+        state = {k: pre[k] + merged.rescalers[i] * merged.masks[i][k] * merged.unified[k] for k in keys}
+        assert emr.test[task] == pool.evaluate(task, state)
+    assert emr.details["routing"] == "oracle" and emr.method == "emr_merging"
+
+
+def test_cli_baselines_writes_the_adamerging_and_emr_rows_with_their_storage_cost(tiny_zoo, tmp_path):
+    store = tiny_zoo.root.parents[1]
+    rows = "Task Arithmetic,AdaMerging (task-wise),AdaMerging (layer-wise),EMR-Merging"
+    result = CliRunner().invoke(main, ["baselines", "tiny", "--cache", str(store), "--out", str(tmp_path), "--methods",
+                                       rows, "--val-limit", "16", "--test-limit", "16", "--points", "2",
+                                       "--adapt-steps", "3"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "baselines.json").read_text())
+    by_name = {m["name"]: m for m in report["methods"]}
+    assert list(by_name) == rows.split(",")
+    d = sum(v.numel() for k, v in TaskPool(tiny_zoo).pretrained_state().items() if k in body_keys(tiny_zoo))
+    n = len(tiny_zoo.tasks)
+    assert by_name["EMR-Merging"]["storage_cost"] == emr_storage_cost(d, tasks=n, rescalers=n)
+    assert by_name["EMR-Merging"]["storage_cost"] == pytest.approx(1 + n / 32, abs=1e-3)
+    for name in ("AdaMerging (task-wise)", "AdaMerging (layer-wise)"):
+        ada = by_name[name]
+        assert ada["storage_cost"] == 1.0 and ada["method"] == "adamerging" and ada["adaptation_seconds"] > 0
+        assert ada["parameters"]["steps"] == 3 and ada["parameters"]["split"] == "validation"
+        assert set(ada["details"]["coefficients"]) == set(tiny_zoo.tasks)
+    assert len(by_name["AdaMerging (task-wise)"]["details"]["coefficients"][tiny_zoo.tasks[0]]) == 1
+    assert len(by_name["AdaMerging (layer-wise)"]["details"]["coefficients"][tiny_zoo.tasks[0]]) > 1
+    table = (tmp_path / "baselines.md").read_text()
+    assert "| EMR-Merging | 1.13 |" in table and "unlabeled validation inputs" in table and "oracle task labels" in table
+
+    refused = CliRunner().invoke(main, ["baselines", "tiny", "--cache", str(store), "--out", str(tmp_path / "x"),
+                                        "--methods", "EMR-Merging", "--adapt-steps", "0"])
+    assert refused.exit_code != 0 and "steps must be >= 1" in refused.output
