@@ -133,14 +133,15 @@ class AdaMerging(nn.Module):
     fixed."""
 
     def __init__(self, pretrained: State, finetuned: Sequence[State], units: Mapping[str, Sequence[str]],
-                 prior: float = 0.3) -> None:
+                 prior: float = 0.3, device: str | torch.device = "cpu") -> None:
         super().__init__()
         if not finetuned:
             raise ModmergeError("AdaMerging needs at least one fine-tuned model")
         self.units = {u: list(keys) for u, keys in units.items()}
-        self.pretrained = {k: pretrained[k].detach().float() for keys in self.units.values() for k in keys}
-        self.deltas = {k: torch.stack([m[k].detach().float() - base for m in finetuned]) for k, base in self.pretrained.items()}
-        self.lambdas_raw = nn.Parameter(torch.full((len(self.units), len(finetuned)), float(prior)))
+        self.pretrained = {k: pretrained[k].detach().to(device, torch.float32) for keys in self.units.values() for k in keys}
+        self.deltas = {k: torch.stack([m[k].detach().to(device, torch.float32) - base for m in finetuned])
+                       for k, base in self.pretrained.items()}
+        self.lambdas_raw = nn.Parameter(torch.full((len(self.units), len(finetuned)), float(prior), device=device))
 
     def coefficients(self) -> torch.Tensor:
         """``lambda`` clamped to [0, 1] (units x tasks), as the forward uses it."""
@@ -214,7 +215,7 @@ def adapt(
         logger.warning("AdaMerging: regression tasks %s left out of the entropy loss (entropy is undefined); "
                        "they get the merged body all the same", ", ".join(regression))
     started = time.perf_counter()
-    model = AdaMerging(pretrained, finetuned, units, prior=settings.prior)
+    model = AdaMerging(pretrained, finetuned, units, prior=settings.prior, device=pool.device)
     inputs = {t: pool.inputs(t, pool.split) for t in classified}
     before = mean_entropy(pool, model.merged(), classified)
     optimizer = torch.optim.Adam([model.lambdas_raw], lr=settings.lr, betas=(0.9, 0.999), weight_decay=0.0)
@@ -232,8 +233,9 @@ def adapt(
         losses.append(float(loss.detach()))
         if on_step is not None:
             on_step(step, losses[-1])
-    state = {k: v.detach() for k, v in model.merged().items()}
-    after = mean_entropy(pool, state, classified)
+    final = {k: v.detach() for k, v in model.merged().items()}
+    after = mean_entropy(pool, final, classified)
+    state = {k: v.cpu() for k, v in final.items()}
     seconds = time.perf_counter() - started
     logger.info("AdaMerging (%s) on %s: entropy %.4f -> %.4f in %d steps, %.1f s", settings.granularity,
                 settings.split, before, after, settings.steps, seconds)

@@ -369,7 +369,7 @@ class TaskPool:
         model = TaskClassifier(self._body(entry.modality), self._head(task), entry.pooling).eval()
         state = self.complete_state(task, body_state)
         key_map = checkpoint_key_map(model.body)
-        params = {f"body.{module}": state[name] for module, name in key_map.items() if name in state}
+        params = {f"body.{module}": state[name].to(self.device) for module, name in key_map.items() if name in state}
         missing = [key_map.get(n, n) for n, _ in model.body.named_parameters() if f"body.{n}" not in params]
         if missing:
             raise TaskError(f"task '{task}': body state misses {missing[:3]}")
