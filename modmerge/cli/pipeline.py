@@ -214,26 +214,48 @@ def suite_check(suite_file: Path, allow_pickle: bool) -> None:
     Console().print(table)
 
 
-@main.command()
+def _rows_epilog() -> str:
+    from modmerge.objectives.baseline_rows import rows_epilog
+
+    return rows_epilog()
+
+
+@main.command(epilog=_rows_epilog())
 @click.argument("source_name", metavar="SUITE_OR_ZOO")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
 @CACHE_OPTION
-@click.option("--methods", default=None, help="Comma-separated subset of table rows, e.g. 'Individual,TIES'.")
+@click.option("--methods", default=None, help="Comma-separated subset of table rows, e.g. 'Individual,TIES' (rows below).")
 @click.option("--val-limit", default=200, show_default=True, help="Validation examples per task for tuning.")
 @click.option("--test-limit", default=None, type=int, help="Test examples per task (default: all).")
 @click.option("--points", default=None, type=int, help="Grid points per tuned parameter (default: per method).")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--adapt-split", type=click.Choice(["validation", "test"]), default="validation", show_default=True,
+              help="AdaMerging rows: whose unlabeled inputs the coefficients are learned on (the first --val-limit / "
+                   "--test-limit of the split); 'test' is the paper's test-time adaptation.")
+@click.option("--adapt-steps", default=500, show_default=True, help="AdaMerging rows: Adam steps (paper: 500).")
+@click.option("--adapt-lr", default=1e-3, show_default=True, help="AdaMerging rows: Adam learning rate.")
+@click.option("--adapt-batch-size", default=16, show_default=True,
+              help="AdaMerging rows: unlabeled inputs per task per step.")
 @friendly
 def baselines(
     source_name: str, out_dir: Path, cache: Path | None, methods: str | None, val_limit: int,
-    test_limit: int | None, points: int | None, seed: int,
+    test_limit: int | None, points: int | None, seed: int, adapt_split: str, adapt_steps: int, adapt_lr: float,
+    adapt_batch_size: int,
 ) -> None:
-    """Evaluate every static-merging baseline on SUITE_OR_ZOO (a task suite file or a built zoo's
-    name); write baselines.json and baselines.md."""
+    """Evaluate every baseline row on SUITE_OR_ZOO (a task suite file or a built zoo's name);
+    write baselines.json and baselines.md.
+
+    Static methods are tuned on validation. AdaMerging learns its coefficients by entropy
+    minimisation on unlabeled inputs (--adapt-*); regression tasks are left out of its loss.
+    EMR-Merging runs with oracle task labels (no router yet); its C counts the unified vector,
+    a 1-bit mask and a rescaler per task."""
     from modmerge.cli.sources import open_source
     from modmerge.errors import ModmergeError as _Err
+    from modmerge.objectives.adamerging import AdaMergingSettings
     from modmerge.objectives.baselines import BASELINES, markdown_table, report_json, run_baselines
 
+    adaptation = AdaMergingSettings(split=adapt_split, steps=adapt_steps, lr=adapt_lr,  # type: ignore[arg-type]
+                                    batch_size=adapt_batch_size, seed=seed)
     zoo_obj = open_source(source_name, cache)
     chosen = BASELINES
     if methods:
@@ -262,7 +284,7 @@ def baselines(
 
     run_baselines(
         zoo_obj, baselines=chosen, val_limit=val_limit, test_limit=test_limit, points=points, seed=seed,
-        on_row=write_report,
+        adamerging=adaptation, on_row=write_report,
     )
     click.echo(write_report())
 

@@ -36,7 +36,7 @@ from collections.abc import Iterable
 
 from modmerge.quantization import CompressedTensor, UnitBits
 
-__all__ = ["module_storage_cost", "storage_cost"]
+__all__ = ["emr_storage_cost", "module_storage_cost", "storage_cost"]
 
 
 def storage_cost(units: Iterable[UnitBits], *, d: int, full_bits: int = 32) -> float:
@@ -78,3 +78,20 @@ def module_storage_cost(tensors: Iterable[CompressedTensor], *, d: int, full_bit
     0.48
     """
     return storage_cost((u for t in tensors for u in t.unit_bits()), d=d, full_bits=full_bits)
+
+
+def emr_storage_cost(d: int, *, tasks: int, rescalers: int, full_bits: int = 32, mask_bits: int = 1) -> float:
+    """C of EMR-Merging (:mod:`modmerge.merging.emr`), normalised like eq. (8): the unified task
+    vector at ``full_bits`` once (``d`` values), one mask of ``d`` entries at ``mask_bits`` per
+    task, and ``rescalers`` scalars at ``full_bits``, over ``full_bits * d``.
+
+    The pretrained body the task vectors are added back to is not counted, as the MERGE paper's
+    Table I does not count it (1.25 for 8 tasks: ``1 + 8 / 32``); counting it adds 1.
+
+    >>> emr_storage_cost(1000, tasks=8, rescalers=8)  # (32*1000 + 8*1000 + 8*32) / (32*1000)
+    1.258
+    """
+    if d <= 0:
+        raise ValueError(f"d (parameters of the pretrained model) must be positive, got {d}")
+    bits = full_bits * d + tasks * mask_bits * d + rescalers * full_bits
+    return bits / (full_bits * d)

@@ -162,6 +162,16 @@ def eval_batches(inputs: torch.Tensor | EncodedTexts, batch_size: int) -> Iterat
             yield idx, {"pixel_values": inputs[idx]}
 
 
+def select(inputs: torch.Tensor | EncodedTexts, indices: torch.Tensor) -> Inputs:
+    """Model inputs of the examples at ``indices``, in that order (texts padded to the batch's
+    longest): a drawn batch, as AdaMerging's adaptation draws them.
+
+    >>> select(torch.zeros(5, 1, 2, 2), torch.tensor([4, 0]))["pixel_values"].shape
+    torch.Size([2, 1, 2, 2])
+    """
+    return inputs.batch(indices) if isinstance(inputs, EncodedTexts) else {"pixel_values": inputs[indices]}
+
+
 def take_first(inputs: torch.Tensor | EncodedTexts, n: int) -> torch.Tensor | EncodedTexts:
     """The first ``n`` examples (the size-constrained subset D'_t)."""
     return inputs.head(n) if isinstance(inputs, EncodedTexts) else inputs[:n]

@@ -355,6 +355,28 @@ class TaskPool:
         load_body_state(body, self.own_state(task) if body_state is None else self.complete_state(task, body_state))
         return TaskClassifier(body, self._head(task), entry.pooling).eval()
 
+    def logits(self, task: str, body_state: State, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The task model's logits on one batch of ``inputs`` as a differentiable function of
+        ``body_state`` (checkpoint names; head-kind keys missing from it are the task's own):
+        the pool's body runs through ``torch.func.functional_call``, so gradients reach the
+        state's tensors and nothing is copied into the body. The head is the task's own and
+        stays fixed (no gradient); dropout is off. AdaMerging learns its coefficients this way.
+
+        >>> merged = {k: pre[k] + lam * tau[k] for k in pre}             # doctest: +SKIP
+        >>> pool.logits("sst2", merged, select(pool.inputs("sst2", "validation"), idx))  # doctest: +SKIP
+        """
+        entry = self.source.entry(task)
+        model = TaskClassifier(self._body(entry.modality), self._head(task), entry.pooling).eval()
+        state = self.complete_state(task, body_state)
+        key_map = checkpoint_key_map(model.body)
+        params = {f"body.{module}": state[name].to(self.device) for module, name in key_map.items() if name in state}
+        missing = [key_map.get(n, n) for n, _ in model.body.named_parameters() if f"body.{n}" not in params]
+        if missing:
+            raise TaskError(f"task '{task}': body state misses {missing[:3]}")
+        params.update({f"head.{n}": p.detach() for n, p in model.head.named_parameters()})
+        batch = {k: v.to(self.device) for k, v in inputs.items()}
+        return torch.func.functional_call(model, params, args=(), kwargs=batch)
+
     def labeled_batches(self, task: str, split: str | None = None) -> list[dict[str, torch.Tensor]]:
         """The evaluated examples as model-input batches with a ``labels`` entry (for Fisher and
         RegMean statistics: ``model(**batch without labels)`` gives logits)."""

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from modmerge.objectives.adamerging import AdaMergingSettings
 from modmerge.objectives.baselines import BASELINES, run_baselines
 from modmerge.search.driver import run_search_recipe
 from modmerge.search.recipe import SearchRecipe
@@ -39,10 +40,14 @@ def test_task_pool_predictions_are_identical(tiny_zoo, tiny_suite):
 
 
 def test_baselines_are_identical(tiny_zoo, tiny_suite):
-    chosen = tuple(b for b in BASELINES if b.name in {"Individual", "Task Arithmetic", "TIES"})
-    zoo_rows = run_baselines(tiny_zoo, baselines=chosen, val_limit=16, test_limit=32, points=2)
-    suite_rows = run_baselines(tiny_suite, baselines=chosen, val_limit=16, test_limit=32, points=2)
-    assert [(r.name, r.parameters, r.test) for r in zoo_rows] == [(r.name, r.parameters, r.test) for r in suite_rows]
+    names = {"Individual", "Task Arithmetic", "TIES", "AdaMerging (layer-wise)", "EMR-Merging"}
+    chosen = tuple(b for b in BASELINES if b.name in names)
+    adaptation = AdaMergingSettings(steps=2)
+    zoo_rows = run_baselines(tiny_zoo, baselines=chosen, val_limit=16, test_limit=32, points=2, adamerging=adaptation)
+    suite_rows = run_baselines(tiny_suite, baselines=chosen, val_limit=16, test_limit=32, points=2, adamerging=adaptation)
+    assert {r.name for r in zoo_rows} == names
+    assert [(r.name, r.parameters, r.test, r.storage_cost, r.details) for r in zoo_rows] == [
+        (r.name, r.parameters, r.test, r.storage_cost, r.details) for r in suite_rows]
 
 
 @pytest.mark.slow
