@@ -115,7 +115,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--zoo", default="text")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--methods", default="Weight Averaging,Task Arithmetic,TIES")
+    parser.add_argument("--methods", default="Weight Averaging,Task Arithmetic,TIES,RegMean")
+    parser.add_argument("--points", type=int, default=3, help="grid points per tuned baseline parameter")
     parser.add_argument("--val-limit", type=int, default=100)
     parser.add_argument("--test-limit", type=int, default=200)
     parser.add_argument("--budget", type=int, default=30)
@@ -135,7 +136,7 @@ def main() -> None:
             shutil.rmtree(base_dir, ignore_errors=True)
             timings.setdefault(("baselines", kind), []).append(run(
                 ["baselines", name, "--out", str(base_dir), "--methods", args.methods, "--val-limit",
-                 str(args.val_limit), "--test-limit", str(args.test_limit)], out / f"{kind}-baselines.log"))
+                 str(args.val_limit), "--test-limit", str(args.test_limit), "--points", str(args.points)], out / f"{kind}-baselines.log"))
             recipe = out / f"{kind}-search.yaml"
             recipe.write_text(yaml.safe_dump({
                 kind: name, "method": args.method, "budget": args.budget, "population": args.population,
