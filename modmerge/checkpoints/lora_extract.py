@@ -196,6 +196,23 @@ def compact_targets(targets: Iterable[str], all_modules: Iterable[str]) -> list[
     return sorted(names)
 
 
+# Heads PEFT's task wrappers put in ``modules_to_save`` themselves, by last name; an adapter of
+# that task type must hold their tensors, or loading it fails.
+_AUTO_SAVED = {"SEQ_CLS": ("classifier", "score"), "TOKEN_CLS": ("classifier", "score"), "QUESTION_ANS": ("qa_outputs",)}
+
+
+def auto_saved_modules(model_class: str | None, modules: Iterable[str]) -> set[str]:
+    """The ``modules`` PEFT saves whole on its own for ``model_class``'s task type.
+
+    >>> sorted(auto_saved_modules("BertForSequenceClassification", ["bert.pooler", "classifier", "x.score"]))
+    ['classifier', 'x.score']
+    >>> auto_saved_modules("LlamaForCausalLM", ["lm_head"])
+    set()
+    """
+    names = _AUTO_SAVED.get(task_type_for(model_class) or "", ())
+    return {m for m in modules if m.rpartition(".")[2] in names}
+
+
 def task_type_for(model_class: str | None) -> str | None:
     """PEFT's ``task_type`` for a transformers class name, None for a bare model.
 

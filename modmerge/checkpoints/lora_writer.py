@@ -13,7 +13,9 @@ carry is decided per kind, and the report says where each change went:
   PEFT allows it: every target has a bias and no embedding is factorised. Otherwise it is dropped
   (and reported), as saving the module whole would undo the point of the adapter;
 - any other module whose tensors changed (norms, convolutions, a ViT's class token) is saved
-  whole; LoRA targets inside a saved module are saved with it. A changed tensor that belongs to
+  whole; LoRA targets inside a saved module are saved with it. So are the heads PEFT's task
+  wrappers save on their own (``classifier``/``score`` of a sequence or token classifier,
+  ``qa_outputs``), changed or not, as loading fails without them. A changed tensor that belongs to
   no module PEFT can name (top-level, or unknown to the model class) is dropped.
 
 Tensors are read one pair at a time; what stays in memory is the factors (the adapter's size)
@@ -38,6 +40,7 @@ from modmerge.checkpoints.lora_extract import (
     LINEAR,
     LoraFactors,
     adapter_config,
+    auto_saved_modules,
     is_within,
     lora_bias_key,
     lora_keys,
@@ -223,7 +226,8 @@ def extract_lora(
     validate_checkpoints(base, [tuned], same_dtype=False)
     modules = module_map_for(base.config, {k: base.info(k).shape for k in base.keys()})
     plan = _read(base, tuned, modules, options, progress)
-    saved = _close_saved(plan.saved, modules, base.keys())
+    heads = auto_saved_modules(modules.model_class, modules.modules)
+    saved = _close_saved(plan.saved | heads, modules, base.keys())
     for module in [m for m in plan.updates if is_within(m, saved)]:
         del plan.updates[module]
     lora_bias = _settle_biases(plan, modules, saved, options)

@@ -17,20 +17,21 @@ import torch
 import transformers
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from tiny_models import make_tiny_model
+from tiny_models import make_tiny_model, tiny_config
 from transformers.pytorch_utils import Conv1D
 
 from modmerge.checkpoints import Checkpoint, open_checkpoint
 from modmerge.checkpoints.lora_writer import ExtractionReport, LoraExtractOptions, extract_lora
 from modmerge.errors import ModmergeError
 
-MODEL_CLASS = {"gpt2": transformers.GPT2LMHeadModel, "bert": transformers.BertModel, "llama": transformers.LlamaForCausalLM}
+MODEL_CLASS = {"gpt2": transformers.GPT2LMHeadModel, "bert": transformers.BertModel, "llama": transformers.LlamaForCausalLM,
+               "bert-classifier": transformers.BertForSequenceClassification}
 
 
 def _low_rank_tuned(base_dir: Path, out_dir: Path, rank_of, seed: int = 0) -> Path:
     """TUNED whose every linear / Conv1D weight moved by an exactly rank-``rank_of(i)`` update (the
     i-th such module), and every other tensor (norms, biases, embeddings) by noise."""
-    model = MODEL_CLASS[_arch(base_dir)].from_pretrained(base_dir)
+    model = _model_class(base_dir).from_pretrained(base_dir)
     gen = torch.Generator().manual_seed(seed)
     moved = set()
     with torch.no_grad():
@@ -51,8 +52,8 @@ def _low_rank_tuned(base_dir: Path, out_dir: Path, rank_of, seed: int = 0) -> Pa
     return out_dir
 
 
-def _arch(model_dir: Path) -> str:
-    return json.loads((model_dir / "config.json").read_text())["model_type"]
+def _model_class(model_dir: Path) -> type:
+    return getattr(transformers, json.loads((model_dir / "config.json").read_text())["architectures"][0])
 
 
 def _noisy_tuned(base_dir: Path, out_dir: Path, seed: int = 1) -> Path:
@@ -70,7 +71,7 @@ def _extract(base_dir: Path, tuned_dir: Path, out: Path, **options) -> Extractio
 
 
 def _peft_merged(base_dir: Path, adapter_dir: Path) -> dict[str, torch.Tensor]:
-    model = MODEL_CLASS[_arch(base_dir)].from_pretrained(base_dir)
+    model = _model_class(base_dir).from_pretrained(base_dir)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # PEFT warns about tied embeddings in modules_to_save
         merged = peft.PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
@@ -78,13 +79,16 @@ def _peft_merged(base_dir: Path, adapter_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def _state(model_dir: Path) -> dict[str, torch.Tensor]:
-    return MODEL_CLASS[_arch(model_dir)].from_pretrained(model_dir).state_dict()
+    return _model_class(model_dir).from_pretrained(model_dir).state_dict()
 
 
 @pytest.fixture(scope="module")
 def bases(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("lora_bases")
-    return {arch: make_tiny_model(arch, root / arch) for arch in MODEL_CLASS}
+    bases = {arch: make_tiny_model(arch, root / arch) for arch in ("gpt2", "bert", "llama")}
+    torch.manual_seed(0)
+    MODEL_CLASS["bert-classifier"](tiny_config("bert")).save_pretrained(root / "bert-classifier")
+    return {**bases, "bert-classifier": root / "bert-classifier"}
 
 
 @pytest.mark.parametrize("arch", list(MODEL_CLASS))
@@ -116,6 +120,11 @@ def test_what_went_where(bases, tmp_path):
                      tmp_path / "llama-lora", rank=2)
     assert not llama.lora_bias and "lm_head" in {fit.module for fit in llama.fits}  # an untied head is LoRA'd
     assert set(llama.saved_modules) >= {"model.embed_tokens", "model.norm", "model.layers.0.input_layernorm"}
+    # PEFT's sequence-classification wrapper saves the classifier itself: the adapter must hold it
+    classifier = _extract(bases["bert-classifier"], _low_rank_tuned(bases["bert-classifier"], tmp_path / "cls",
+                                                                   rank_of=lambda i: 2), tmp_path / "cls-lora", rank=2)
+    assert classifier.config["task_type"] == "SEQ_CLS" and "classifier" in classifier.saved_modules
+    assert "classifier" not in {fit.module for fit in classifier.fits}
 
 
 def test_adapter_names_are_peft_own(bases, tmp_path):
