@@ -29,10 +29,15 @@ _SIZE_FIELDS = (
 
 
 def validate_checkpoints(
-    base: Checkpoint, models: Sequence[Checkpoint], *, keys: Collection[str] | None = None
+    base: Checkpoint,
+    models: Sequence[Checkpoint],
+    *,
+    keys: Collection[str] | None = None,
+    same_dtype: bool = True,
 ) -> None:
     """Raise CompatibilityError unless every model matches ``base`` in architecture, key set,
-    shapes and dtypes. With ``keys``, only those tensors must exist and match.
+    shapes and (unless ``same_dtype=False``) dtypes. With ``keys``, only those tensors must exist
+    and match.
 
     No tensor data is read; values are checked by :func:`check_finite` while merging.
 
@@ -51,7 +56,7 @@ def validate_checkpoints(
                 raise CompatibilityError(
                     f"{model.label}: tensor '{key}' has shape {tuple(m.shape)}, base {base.label} has {tuple(b.shape)}"
                 )
-            if b.dtype != m.dtype:
+            if same_dtype and b.dtype != m.dtype:
                 raise CompatibilityError(
                     f"{model.label}: tensor '{key}' has dtype {m.dtype}, base {base.label} has {b.dtype}"
                 )

@@ -12,7 +12,8 @@ import logging
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -114,15 +115,10 @@ def write_model_directory(
         PosixPath('/tmp/merged')
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise CheckpointError(f"{out_dir}: exists and is not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise CheckpointError(f"{out_dir}: directory exists and is not empty (use overwrite)")
+    check_output_directory(out_dir, overwrite=overwrite)
     if max_shard_bytes <= 0:
         raise CheckpointError(f"{out_dir}: max_shard_bytes must be positive, got {max_shard_bytes}")
-    remove_dead_staging(out_dir)
-    tmp = staging_dir(out_dir)
-    try:
+    with staged_directory(out_dir) as tmp:
         _write_weights(out_dir, tmp, tensors, specs, metadata or {}, max_shard_bytes, progress)
         if config is not None:
             write_text(tmp / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
@@ -130,6 +126,35 @@ def write_model_directory(
             copy_support_files(Path(copy_files_from), tmp)
         for name, text in (extra_files or {}).items():
             write_text(tmp / name, text)
+    return out_dir
+
+
+def check_output_directory(out_dir: Path, *, overwrite: bool) -> None:
+    """Refuse an ``out_dir`` that is a file, or a non-empty directory unless ``overwrite``.
+
+    >>> check_output_directory(Path("/nonexistent/out"), overwrite=False)
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CheckpointError(f"{out_dir}: exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise CheckpointError(f"{out_dir}: directory exists and is not empty (use overwrite)")
+
+
+@contextmanager
+def staged_directory(out_dir: Path) -> Iterator[Path]:
+    """Yield a fresh staging folder beside ``out_dir``; when the block ends without an error it
+    replaces ``out_dir`` (:func:`move_into_place`), when it raises it is removed and ``out_dir``
+    is untouched; an :class:`OSError` (a full disk, a read-only mount) becomes one
+    :class:`~modmerge.errors.OutputError` line naming the file under ``out_dir``. Callers check
+    first whether ``out_dir`` may be replaced (:func:`check_output_directory`).
+
+    >>> with staged_directory(Path(tempfile.mkdtemp()) / "adapter") as tmp:  # doctest: +SKIP
+    ...     (tmp / "adapter_config.json").write_text("{}")
+    """
+    remove_dead_staging(out_dir)
+    tmp = staging_dir(out_dir)
+    try:
+        yield tmp
         move_into_place(tmp, out_dir)
     except OSError as err:  # a full disk, a read-only mount: one line naming the file
         _remove_tree(tmp)
@@ -137,7 +162,6 @@ def write_model_directory(
     except BaseException:
         _remove_tree(tmp)
         raise
-    return out_dir
 
 
 def _write_weights(

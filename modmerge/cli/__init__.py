@@ -5,7 +5,7 @@ Every :class:`~modmerge.errors.ModmergeError` becomes one line on stderr and exi
 command module registers its commands on it, in pipeline order.
 """
 
-from modmerge.cli import library, pipeline, reuse, serve  # noqa: F401  (registers the commands)
+from modmerge.cli import library, lora, pipeline, reuse, serve  # noqa: F401  (registers the commands)
 from modmerge.cli.common import main
 
 __all__ = ["main"]

@@ -51,11 +51,13 @@ CACHE_OPTION = click.option(
 )
 
 
-def task_progress() -> Progress:
+def task_progress(*, transient: bool = False) -> Progress:
+    """A progress bar on stderr; a ``transient`` one is cleared when done (as ``merge``'s is)."""
     return Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
         TextColumn("{task.completed}/{task.total}"),
         TimeElapsedColumn(),
         console=err_console,
+        transient=transient,
     )

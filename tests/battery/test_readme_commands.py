@@ -56,6 +56,9 @@ CASES: dict[str, list[str]] = {
     "inspect --json": ["inspect", "{models}/base", "--json"],
     "methods": ["methods"],
     "methods NAME": ["methods", "ties"],
+    "extract-lora": ["extract-lora", "{models}/base", "{models}/task0", "{work}/task0-lora", "--rank", "16"],
+    "extract-lora --energy": ["extract-lora", "{models}/base", "{models}/task0", "{work}/task0-lora", "--rank", "64",
+                              "--energy", "0.9", "--dtype", "bfloat16", "--overwrite"],
 }
 
 
@@ -224,6 +227,15 @@ def test_inspect_and_methods(paths):
     assert "total" in run("inspect", paths)
     assert json.loads(run("inspect --json", paths))["architecture"] == "bert"
     assert "ties:" in run("methods", paths) and "density" in run("methods NAME", paths)
+
+
+def test_extract_lora(paths):
+    assert "relative Frobenius error" in run("extract-lora", paths)
+    config = json.loads((paths["work"] / "task0-lora" / "adapter_config.json").read_text())
+    assert config["r"] == 16 and config["peft_type"] == "LORA"
+    assert "wrote" in run("extract-lora --energy", paths)  # --overwrite replaces the first
+    config = json.loads((paths["work"] / "task0-lora" / "adapter_config.json").read_text())
+    assert config["rank_pattern"] and config["r"] < 64
 
 
 def _get(url: str, body: dict | None = None) -> dict:
