@@ -86,15 +86,19 @@ def predict(
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--config", "config_id", required=True, help="A configuration id (see `modmerge library ls`).")
 @click.option("--task", required=True, help="The task whose assembled model to export.")
-@click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it exists (atomically).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace OUT_DIR (atomically) if an earlier `modmerge export` or `merge` wrote it (its modmerge.json).")
+@click.option("--force", is_flag=True, help="Replace OUT_DIR (atomically) whatever it holds.")
 @_ZOO_CACHE
 @friendly
-def export(lib_dir: Path, out_dir: Path, config_id: str, task: str, overwrite: bool, cache: Path | None) -> None:
+def export(lib_dir: Path, out_dir: Path, config_id: str, task: str, overwrite: bool, force: bool,
+           cache: Path | None) -> None:
     """Write TASK's assembled model under configuration --config as a Hugging Face model directory."""
     from modmerge.reuse.export import export_model
 
     lib = _open_library(lib_dir)
-    result = export_model(lib, config_id, task, out_dir, overwrite=overwrite, source=library_source(lib, cache))
+    result = export_model(lib, config_id, task, out_dir, overwrite=overwrite, force=force,
+                          source=library_source(lib, cache))
     how = "" if result.exact else f" (base model + {out_dir.name}/modmerge_head.safetensors: no exact transformers class)"
     click.echo(f"wrote {out_dir}: {result.architecture}, {result.tensors} tensors, chain {result.chain[:12]}{how}")
     if not result.exact:

@@ -35,6 +35,7 @@ from modmerge.atomic import remove_dead_staging, staging_dir
 from modmerge.checkpoints.source import TensorInfo
 from modmerge.checkpoints.writer import move_into_place, write_model_directory
 from modmerge.errors import ModmergeError
+from modmerge.recipes.output_dir import MARKER, check_output_dir, marker_text
 from modmerge.reuse.assembly import POOLER_PREFIX, assemble_body
 from modmerge.reuse.engine import ReuseEngine
 from modmerge.tasks.models import body_from_config, body_state, load_body_state
@@ -42,10 +43,6 @@ from modmerge.tasks.models import body_from_config, body_state, load_body_state
 HEAD_FILE = "modmerge_head.safetensors"
 AUTO_CLASSES = {("text", "pooler"): transformers.AutoModelForSequenceClassification,
                 ("image", "cls"): transformers.AutoModelForImageClassification}
-
-
-class ExportError(ModmergeError):
-    """A task model cannot be exported."""
 
 
 @dataclass(frozen=True)
@@ -58,9 +55,13 @@ class ExportResult:
 
 
 def export_model(
-    library: Any, config_id: str, task: str, out_dir: Path, *, overwrite: bool = False, source: Any = None,
+    library: Any, config_id: str, task: str, out_dir: Path, *, overwrite: bool = False, force: bool = False,
+    source: Any = None,
 ) -> ExportResult:
     """Write ``task``'s assembled model under configuration ``config_id`` to ``out_dir`` (atomic).
+
+    ``out_dir`` gets ``modmerge.json`` (written by ``modmerge export``); a non-empty ``out_dir`` is
+    replaced only with ``overwrite`` when an earlier merge or export wrote it, or with ``force``.
 
     >>> export_model(lib, "c0", "has_animal", tmp_path / "m").architecture  # doctest: +SKIP
     'BertForSequenceClassification'
@@ -68,8 +69,7 @@ def export_model(
     engine = ReuseEngine(library, config_id=config_id, source=source)
     engine._check_task(task, "task")
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
-        raise ExportError(f"{out_dir}: exists and is not empty (use --overwrite)")
+    check_output_dir(out_dir, overwrite=overwrite, force=force)
     entry, chain_id = engine.tasks[task], engine.chain_of(task)
     body, head = assemble_body(engine.library, chain_id), engine._head(task)
     backbone_dir = Path(engine.library.backbone_dir)
@@ -85,7 +85,7 @@ def export_model(
     model = _exact_model(config, entry, body, head, probe, expected)
     if model is not None:
         state = body_state(model)
-        _write(out_dir, state, model.config, backbone_dir, overwrite)
+        _write(out_dir, state, model.config, backbone_dir, True)
         return ExportResult(out_dir, type(model).__name__, True, chain_id, len(state))
     # no transformers class computes this head: the base model, plus the head beside it
     base = body_from_config(backbone_dir)
@@ -155,4 +155,5 @@ def _write(out_dir: Path, state: dict[str, torch.Tensor], config: Any, backbone_
     tensors = {k: v.detach().contiguous() for k, v in state.items()}
     specs = {k: TensorInfo(tuple(v.shape), v.dtype) for k, v in tensors.items()}
     write_model_directory(out_dir, tensors.items(), specs, config=json.loads(config.to_json_string()),
-                          copy_files_from=backbone_dir, overwrite=overwrite)
+                          copy_files_from=backbone_dir, overwrite=overwrite,
+                          extra_files={MARKER: marker_text("modmerge export")})

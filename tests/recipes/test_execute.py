@@ -171,7 +171,7 @@ def test_existing_output_is_kept_unless_overwrite(bert_zoo, tmp_path):
         run_recipe(recipe_for(base, tasks, method="weight_averaging"), out)
     assert (out / "keep.txt").read_text() == "mine"
     # no merge wrote it: overwrite alone refuses, force replaces it
-    with pytest.raises(CheckpointError, match="no modmerge merge wrote it"):
+    with pytest.raises(CheckpointError, match="no modmerge merge or export wrote it"):
         run_recipe(recipe_for(base, tasks, method="weight_averaging"), out, overwrite=True)
     assert (out / "keep.txt").read_text() == "mine"
     run_recipe(recipe_for(base, tasks, method="weight_averaging"), out, force=True)

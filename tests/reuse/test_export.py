@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -60,3 +62,20 @@ def test_export_errors(lib, tmp_path):
     with pytest.raises(ModmergeError, match="exists and is not empty"):
         export_model(lib, "c0", "has_color", tmp_path / "full")
     assert (tmp_path / "full" / "keep.txt").exists()
+
+
+def test_export_overwrite_replaces_only_an_earlier_export_and_force_any(lib, tmp_path):
+    out = tmp_path / "model"
+    export_model(lib, "c0", "has_color", out)
+    assert json.loads((out / "modmerge.json").read_text())["written_by"] == "modmerge export"
+    (out / "stale.txt").write_text("from the first export's folder")
+    export_model(lib, "c0", "first_group", out, overwrite=True)  # an earlier export: replaced whole
+    assert not (out / "stale.txt").exists() and (out / "model.safetensors").is_file()
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "thesis.tex").write_text("years of work")
+    with pytest.raises(ModmergeError, match="not replaced: no modmerge merge or export wrote it"):
+        export_model(lib, "c0", "has_color", notes, overwrite=True)
+    assert (notes / "thesis.tex").read_text() == "years of work"
+    export_model(lib, "c0", "has_color", notes, force=True)
+    assert not (notes / "thesis.tex").exists() and (notes / "modmerge.json").is_file()
