@@ -22,6 +22,7 @@ Example::
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import time
@@ -34,7 +35,7 @@ import transformers
 from rich.progress import Progress
 from torch import nn
 
-from modmerge.atomic import atomic_file
+from modmerge.atomic import write_bytes
 from modmerge.cache import sha256_file
 from modmerge.components import decompose
 from modmerge.tasks.batching import EncodedTexts, eval_batches, pixel_values, take_first, tokenize
@@ -451,9 +452,10 @@ class TaskPool:
         encoded = encode_inputs(entry, raw, self._get_tokenizer())
         if path is None:
             return encoded
+        buffer = io.BytesIO()  # serialised in memory: torch.save to a full disk is a RuntimeError
+        torch.save(encoded.to_payload(), buffer)  # type: ignore[union-attr]
         try:
-            with atomic_file(path) as tmp:
-                torch.save(encoded.to_payload(), tmp)  # type: ignore[union-attr]
+            write_bytes(path, buffer.getvalue())
         except OSError as err:
             logger.warning("cannot cache tokenised %s/%s at %s (%s)", entry.name, split, path, err)
         return encoded

@@ -28,6 +28,7 @@ length-bucketed text batches); metrics to record come from
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import secrets
@@ -44,7 +45,7 @@ from rich.progress import Progress
 from safetensors.torch import save_file
 from torch import nn
 
-from modmerge.atomic import atomic_file, write_json
+from modmerge.atomic import write_bytes, write_json
 from modmerge.checkpoints import TensorInfo, write_model_directory
 from modmerge.tasks.models import TaskClassifier, body_state, head_state
 from modmerge.tasks.progress import progress_task
@@ -216,8 +217,9 @@ class ZooWriter:
         rel_dir, rel_data = f"tasks/{name}", f"data/{name}.pt"
         splits = data.splits() if isinstance(data, TaskData) else dict(data)
         data_path = self.root / rel_data
-        with atomic_file(data_path) as tmp_data:
-            torch.save({split: _split_payload(s) for split, s in splits.items()}, tmp_data)
+        buffer = io.BytesIO()  # serialised in memory: torch.save to a full disk is a RuntimeError
+        torch.save({split: _split_payload(s) for split, s in splits.items()}, buffer)
+        write_bytes(data_path, buffer.getvalue())
 
         tmp = self._tmp_dir(f"tasks/{name}")
         self._save_body(body, tmp / "body")

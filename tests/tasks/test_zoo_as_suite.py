@@ -62,3 +62,23 @@ def test_same_seed_gives_the_same_pareto_set(tiny_zoo, tiny_suite, tmp_path):
                             for s in run["solutions"]] for run in payload["runs"]], sort_keys=True)
 
     assert front(by_zoo) == front(by_suite)
+
+
+def test_a_tokenisation_cache_that_cannot_be_written_is_skipped(tiny_zoo, tmp_path, monkeypatch, caplog):
+    """A full disk under the cache: one warning, the inputs still encoded, no stray file."""
+    import errno
+
+    import modmerge.tasks.taskpool as taskpool
+
+    def full_disk(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    suite = open_suite(write_suite(tiny_zoo), cache_root=tmp_path / "cache")
+    monkeypatch.setattr(taskpool, "write_bytes", full_disk)
+    pool = TaskPool(suite, split="test")
+    task = suite.tasks[0]
+    with caplog.at_level("WARNING"):
+        predictions = pool.predictions(task)
+    assert len(predictions) == len(pool.labels(task))
+    assert "cannot cache tokenised" in caplog.text and "No space left" in caplog.text
+    assert not list((tmp_path / "cache").rglob("*.pt"))
